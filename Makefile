@@ -1,0 +1,38 @@
+# All set-up is idempotent: each target creates .venv and installs what it needs.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-slow demo bench docs lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+# torch first, with the exact pin: a looser spec pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e ".[test,bench,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q --slow
+
+demo: $(STAMP)
+	$(VENV)/bin/scgenvae demo --output demo_output
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py --output benchmarks/RESULTS.md
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check scgenvae tests benchmarks
+	$(VENV)/bin/ruff format --check scgenvae tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo_output

@@ -1,0 +1,57 @@
+"""Package settings: seed, verbosity, progress bar. Nothing is configured at import."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+logger = logging.getLogger("scgenvae")
+
+
+class ScgenvaeConfig:
+    """Global configuration of scgenvae.
+
+    Attributes
+    ----------
+    seed
+        Seed used by training when ``train(seed=None)``; ``None`` leaves torch's state alone.
+    progress_bar_style
+        ``"tqdm"`` or ``"rich"``; forwarded to scvi-tools' settings for the training progress bar.
+    verbosity
+        Setting it attaches a stream handler to the ``scgenvae`` logger (opt-in, never at import).
+    """
+
+    def __init__(self) -> None:
+        self._seed: int | None = 0
+        self._verbosity: int = logging.WARNING
+        self._handler: logging.Handler | None = None
+        self.progress_bar_style: Literal["tqdm", "rich"] = "tqdm"
+
+    @property
+    def seed(self) -> int | None:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        if value is not None and not isinstance(value, int):
+            msg = f"`scgenvae.settings.seed` must be an int or None, got {type(value).__name__}."
+            raise TypeError(msg)
+        self._seed = value
+
+    @property
+    def verbosity(self) -> int:
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, level: int | str) -> None:
+        if isinstance(level, str):
+            level = logging.getLevelName(level.upper())
+        self._verbosity = int(level)
+        logger.setLevel(self._verbosity)
+        if self._handler is None:
+            self._handler = logging.StreamHandler()
+            self._handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+            logger.addHandler(self._handler)
+
+
+settings = ScgenvaeConfig()

@@ -1,0 +1,26 @@
+"""Bundled real data sets (read from data/, never downloaded) and seeded synthetic data."""
+
+from __future__ import annotations
+
+from ._bundled import (
+    cellbench,
+    data_dir,
+    fucci_ipsc,
+    pbmc_multiome_subset,
+    scicar_a549,
+    tricycle_neurosphere,
+    tricycle_reference,
+)
+from ._synthetic import synthetic_multiome, synthetic_rna
+
+__all__ = [
+    "cellbench",
+    "data_dir",
+    "fucci_ipsc",
+    "pbmc_multiome_subset",
+    "scicar_a549",
+    "synthetic_multiome",
+    "synthetic_rna",
+    "tricycle_neurosphere",
+    "tricycle_reference",
+]

@@ -1,0 +1,105 @@
+"""Loaders of the real data sets bundled in the repository's ``data/`` folder (no network)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anndata as ad
+
+if TYPE_CHECKING:
+    from mudata import MuData
+
+_FILES = {
+    "scicar_a549": "sciCAR_A549_scAI.h5mu",
+    "pbmc_multiome_subset": "pbmc10k_multiome_subset.h5mu",
+    "fucci_ipsc": "fucci_ipsc_dev.h5ad",
+    "cellbench": "cellbench_3lines_2protocols.h5ad",
+    "tricycle_neurosphere": "tricycle_neurosphere_example.h5ad",
+    "tricycle_reference": "neuroRef_projection.csv.gz",
+}
+
+
+def data_dir() -> Path:
+    """Folder of the bundled data: ``$SCGENVAE_DATA_DIR`` if set, else the repository's ``data/``."""
+    env = os.environ.get("SCGENVAE_DATA_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "data"
+
+
+def _path(name: str) -> Path:
+    path = data_dir() / _FILES[name]
+    if not path.exists():
+        msg = (
+            f"bundled data file {_FILES[name]!r} not found at {path}. Put it in the "
+            "repository's data/ folder (see data/README.md for its source) or set "
+            "SCGENVAE_DATA_DIR to the folder that holds it; nothing is downloaded."
+        )
+        raise FileNotFoundError(msg)
+    return path
+
+
+def _read_h5mu(path: Path) -> MuData:
+    import mudata as md
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        md.set_options(pull_on_update=False)
+        return md.read_h5mu(path)
+
+
+def scicar_a549() -> MuData:
+    """sci-CAR A549 multiome: 2,641 lung adenocarcinoma cells, RNA + ATAC, paired.
+
+    Cells were treated with dexamethasone for 0, 1 or 3 hours (``obs["Time"]``). ``mod["rna"]``
+    holds 1,185 genes as integer counts reconstructed from the packaged log-normalised values;
+    ``mod["atac"]`` 52,761 peaks as binary accessibility (the ATAC normalisation cannot be
+    inverted, so only binary values exist). Source: Cao et al. 2018 (Science 361:1380,
+    GSE117089), as packaged in scAI (Jin et al. 2020, Genome Biology 21:25), GPL-3.
+    """
+    return _read_h5mu(_path("scicar_a549"))
+
+
+def pbmc_multiome_subset() -> MuData:
+    """1,000 PBMCs from the 10x Multiome PBMC 10k data set: 45 genes + 174 peaks, raw counts.
+
+    The muon test subset (BSD-3; data CC BY 4.0 by 10x Genomics). No labels: marker genes such
+    as CD14, MS4A1, GNLY, NKG7 and IL7R identify the main types.
+    """
+    return _read_h5mu(_path("pbmc_multiome_subset"))
+
+
+def fucci_ipsc() -> ad.AnnData:
+    """448 FUCCI iPSCs (3 donors) x 101 cyclic genes with the FUCCI phase angle ``obs["theta"]``.
+
+    Raw UMI counts (``.X`` and ``layers["counts"]``), Ensembl var_names with symbols in
+    ``var["hgnc"]``. Hsiao et al. 2020 (Genome Research 30:611, GSE121265), via peco, GPL >= 3.
+    """
+    return ad.read_h5ad(_path("fucci_ipsc"))
+
+
+def cellbench() -> ad.AnnData:
+    """CellBench: 499 cells of 3 lung cancer lines (``obs["cell_line"]``) by 2 protocols.
+
+    ``obs["protocol"]`` is CEL-seq2 (274 cells) or Drop-seq (225); raw integer counts of 28,066
+    genes (Ensembl ids). Tian et al. 2019 (Nature Methods 16:479, GSE118767), sc_mixology, MIT.
+    """
+    return ad.read_h5ad(_path("cellbench"))
+
+
+def tricycle_neurosphere() -> ad.AnnData:
+    """400 mouse neurosphere cells x 1,500 genes (fractional UMI counts), from tricycle (GPL-3).
+
+    Zheng et al. 2022 (Genome Biology 23:41). Round the counts before fitting a count model.
+    """
+    return ad.read_h5ad(_path("tricycle_neurosphere"))
+
+
+def tricycle_reference():
+    """tricycle's reference loadings (500 mouse genes x 2 cell-cycle PCs) as a DataFrame."""
+    import pandas as pd
+
+    return pd.read_csv(_path("tricycle_reference"), index_col=0)

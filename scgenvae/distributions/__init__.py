@@ -1,0 +1,7 @@
+"""Distributions that torch and scvi-tools lack (the rest are reused from them)."""
+
+from __future__ import annotations
+
+from ._bernoulli import BernoulliLogits, sparse_map_values, sparse_row_sums, to_dense
+
+__all__ = ["BernoulliLogits", "sparse_map_values", "sparse_row_sums", "to_dense"]

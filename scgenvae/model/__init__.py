@@ -1,0 +1,8 @@
+"""User-facing models (AnnData/MuData in, arrays out)."""
+
+from __future__ import annotations
+
+from ._base import BaseScgenvaeModel, ScgenvaeTrainingPlan
+from ._poissonvae import PoissonVAE
+
+__all__ = ["BaseScgenvaeModel", "PoissonVAE", "ScgenvaeTrainingPlan"]

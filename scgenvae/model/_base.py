@@ -1,0 +1,692 @@
+"""What PoissonVAE and MultiVAE share: setup store, internal AnnData, training, save/load, getters.
+
+The user's AnnData/MuData is never modified. ``setup_anndata``/``setup_mudata`` validate it and
+remember the setup arguments; the model then builds a light internal AnnData (sharing the
+user's matrices, no copy) on which scvi-tools' data registry is registered. scvi's fields write
+helper columns (``_scvi_batch``...) into the object they register, which is why they never see
+the user's object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+import weakref
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    NumericalJointObsField,
+)
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.train import TrainingPlan
+
+from scgenvae._constants import (
+    DEFAULT_CLUSTER_KEY,
+    DEFAULT_CLUSTER_PROBS_KEY,
+    DEFAULT_LATENT_KEY,
+    MODULE_KEYS,
+    REGISTRY_KEYS,
+)
+from scgenvae._settings import settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from mudata import MuData
+
+logger = logging.getLogger(__name__)
+
+_FORMAT_VERSION = 1
+_MODEL_FILE = "model.pt"
+
+
+class ScgenvaeTrainingPlan(TrainingPlan):
+    """scvi-tools' training plan plus a Gumbel-Softmax temperature schedule.
+
+    The temperature reaches the module through the ``tau`` keyword of ``loss``, the same way
+    scvi-tools passes ``kl_weight``; the module's state is never changed from outside.
+
+    Parameters
+    ----------
+    module
+        The module to train.
+    tau_start, tau_min
+        Temperature at the first epoch and its floor.
+    n_epochs_tau_anneal
+        Epochs over which ``tau`` decays geometrically from ``tau_start`` to ``tau_min``.
+    seed
+        Seed torch (and Lightning) right before the first epoch, so that training is
+        reproducible whatever ran before in the process.
+    **kwargs
+        Passed to :class:`scvi.train.TrainingPlan`.
+    """
+
+    def __init__(
+        self,
+        module,
+        *,
+        tau_start: float = 1.0,
+        tau_min: float = 0.3,
+        n_epochs_tau_anneal: int | None = 100,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(module, **kwargs)
+        self.seed = seed
+        self.tau_start = tau_start
+        self.tau_min = tau_min
+        self.n_epochs_tau_anneal = n_epochs_tau_anneal
+        if getattr(module.prior, "n_clusters", None):
+            self.loss_kwargs["tau"] = tau_start
+
+    def on_fit_start(self) -> None:
+        """Seed just before the first epoch (after Lightning's own set-up)."""
+        if self.seed is not None:
+            from lightning.pytorch import seed_everything
+
+            seed_everything(self.seed, verbose=False)
+
+    @property
+    def tau(self) -> float:
+        """Current Gumbel-Softmax temperature."""
+        if not self.n_epochs_tau_anneal:
+            return self.tau_min
+        frac = min(1.0, self.current_epoch / self.n_epochs_tau_anneal)
+        return float(self.tau_start * (self.tau_min / self.tau_start) ** frac)
+
+    def training_step(self, batch, batch_idx):
+        """Update ``tau`` (when the model has a discrete latent), then step as scvi does."""
+        if "tau" in self.loss_kwargs:
+            self.loss_kwargs["tau"] = self.tau
+        out = super().training_step(batch, batch_idx)
+        loss = out["loss"] if isinstance(out, dict) else out
+        if not torch.isfinite(loss):
+            msg = (
+                f"training loss became {float(loss)} at epoch {self.current_epoch}. Check the input for extreme values, lower the learning rate "
+                "(`plan_kwargs={'lr': 1e-4}`) or the batch size."
+            )
+            raise FloatingPointError(msg)
+        return out
+
+
+class _SetupStore:
+    """Setup arguments of user objects, keyed by identity, without writing into the objects."""
+
+    def __init__(self) -> None:
+        self._store: dict[int, tuple[weakref.ref, str, dict, dict | None]] = {}
+
+    def put(self, data, cls_name: str, args: dict, source_registry: dict | None = None) -> None:
+        self._store[id(data)] = (weakref.ref(data), cls_name, args, source_registry)
+
+    def get(self, data, cls_name: str) -> tuple[dict, dict | None] | None:
+        entry = self._store.get(id(data))
+        if entry is None or entry[0]() is not data or entry[1] != cls_name:
+            return None
+        return entry[2], entry[3]
+
+
+_SETUP = _SetupStore()
+
+
+def _obs_frame(obs: pd.DataFrame, columns: Sequence[str], n_obs: int) -> pd.DataFrame:
+    """Internal obs: the requested columns only, on a unique positional index."""
+    frame = pd.DataFrame(index=pd.RangeIndex(n_obs).astype(str))
+    for col in dict.fromkeys(columns):
+        values = obs[col]
+        frame[col] = values.to_numpy() if not isinstance(values.dtype, pd.CategoricalDtype) else (
+            pd.Categorical(values.astype(str))
+        )
+    return frame
+
+
+def covariate_fields(args: dict) -> list:
+    """scvi-tools fields for batch, labels and covariates, from setup arguments."""
+    return [
+        CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, args.get("batch_key")),
+        CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, args.get("labels_key")),
+        CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, args.get("categorical_covariate_keys")),
+        NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, args.get("continuous_covariate_keys")),
+    ]
+
+
+class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
+    """Shared user-facing machinery of scgenvae models (not used directly)."""
+
+    _training_plan_cls = ScgenvaeTrainingPlan
+    #: keep sparse minibatches sparse (wide ATAC); dense is faster for RNA-sized inputs
+    _load_sparse_tensor: ClassVar[bool] = False
+    _setup_method: ClassVar[str] = "setup_anndata"
+
+    # subclasses implement ------------------------------------------------------------
+    def _build_internal(self, data, args: dict) -> AnnData:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def _fields(cls, args: dict) -> list:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def _feature_names(cls, data, args: dict) -> dict[str, pd.Index]:  # pragma: no cover
+        raise NotImplementedError
+
+    # set-up --------------------------------------------------------------------------
+    @classmethod
+    def _remember_setup(cls, data, args: dict, source_registry: dict | None = None) -> None:
+        _SETUP.put(data, cls.__name__, args, source_registry)
+
+    def _init_data(self, data) -> None:
+        found = _SETUP.get(data, type(self).__name__)
+        if found is None:
+            name = type(self).__name__
+            msg = (
+                f"this object was not set up for {name}: call "
+                f"`scgenvae.model.{name}.{self._setup_method}(data, ...)` first."
+            )
+            raise ValueError(msg)
+        args, source_registry = found
+        internal = self._build_internal(data, args)
+        manager = AnnDataManager(
+            fields=self._fields(args),
+            setup_method_args={"setup_method_name": self._setup_method, "setup_args": dict(args)},
+        )
+        manager.register_fields(internal, source_registry=source_registry)
+        type(self).register_manager(manager)
+        BaseModelClass.__init__(self, internal)
+        self._setup_args = dict(args)
+        self._features = self._feature_names(data, args)
+        self._user_data = weakref.ref(data)
+
+    def _internal(self, data=None) -> AnnData:
+        """Internal AnnData of ``data`` (the training data when ``None``), validated."""
+        if data is None or data is self._user_data():
+            return self.adata
+        features = self._feature_names(data, self._setup_args)
+        for mod, names in self._features.items():
+            got = features.get(mod)
+            if got is None or len(got) != len(names) or not (got == names).all():
+                n_got = 0 if got is None else len(got)
+                msg = (
+                    f"{mod}: the model was trained on {len(names):,} features, the data has "
+                    f"{n_got:,} (or other names/order). Subset it to the training features: "
+                    f"`data[:, model.feature_names[{mod!r}]]`."
+                )
+                raise ValueError(msg)
+        internal = self._build_internal(data, self._setup_args)
+        self._validate_anndata(internal)
+        return internal
+
+    def _make_module(self, **module_kwargs):
+        """Build the module with weights seeded by ``settings.seed`` (global RNG untouched)."""
+        from scgenvae.module import MultiModalVAEModule
+
+        self._module_kwargs = module_kwargs
+        with torch.random.fork_rng(devices=[]):
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            return MultiModalVAEModule(**module_kwargs)
+
+    @property
+    def feature_names(self) -> dict[str, pd.Index]:
+        """Feature names of each modality, as trained."""
+        return dict(self._features)
+
+    @property
+    def modalities(self) -> list[str]:
+        """Names of the model's modalities."""
+        return list(self.module.modalities)
+
+    def _summary_dims(self) -> dict[str, Any]:
+        stats = self.summary_stats
+        n_cats = []
+        if REGISTRY_KEYS.CAT_COVS_KEY in self.adata_manager.data_registry:
+            n_cats = list(
+                self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).n_cats_per_key
+            )
+        return {
+            "n_batch": int(stats.n_batch),
+            "n_cats_per_cov": tuple(int(c) for c in n_cats),
+            "n_continuous_cov": int(stats.get("n_extra_continuous_covs", 0)),
+        }
+
+    # training -----------------------------------------------------------------------
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        batch_size: int = 128,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = None,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        seed: int | None = None,
+        n_epochs_kl_warmup: int | None = None,
+        lr: float = 1e-3,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Train the model with scvi-tools' Lightning machinery.
+
+        Parameters
+        ----------
+        max_epochs
+            Number of passes over the data; by default scvi-tools' heuristic
+            ``min(400, round(400 * 20000 / n_cells))``.
+        batch_size
+            Minibatch size.
+        accelerator, devices
+            Passed to the Lightning trainer (``"auto"`` uses a GPU when there is one).
+        train_size, validation_size
+            Fractions of cells for training and validation (scvi-tools' ``DataSplitter``).
+        early_stopping
+            Stop when the validation ELBO stops improving (needs validation cells).
+        seed
+            Seed for torch/Lightning; ``None`` uses ``scgenvae.settings.seed``.
+        n_epochs_kl_warmup
+            Epochs over which the KL weight rises from 0 to 1 (default: a quarter of the
+            epochs, at most 100).
+        lr
+            Adam learning rate.
+        plan_kwargs
+            More arguments for the training plan (:class:`ScgenvaeTrainingPlan`).
+        **trainer_kwargs
+            More arguments for :class:`scvi.train.Trainer` (for instance
+            ``enable_progress_bar=False``).
+        """
+        seed = settings.seed if seed is None else seed
+        if max_epochs is None:
+            max_epochs = int(min(400, round(400 * 20000 / max(self.adata.n_obs, 1))))
+        plan_kwargs = dict(plan_kwargs or {})
+        plan_kwargs.setdefault("lr", lr)
+        plan_kwargs.setdefault("seed", seed)
+        if n_epochs_kl_warmup is None:
+            n_epochs_kl_warmup = min(100, max(1, max_epochs // 4))
+        plan_kwargs.setdefault("n_epochs_kl_warmup", n_epochs_kl_warmup)
+        plan_kwargs.setdefault("n_epochs_tau_anneal", max(1, int(0.75 * max_epochs)))
+        trainer_kwargs.setdefault("enable_checkpointing", False)
+        if early_stopping:
+            trainer_kwargs.setdefault("early_stopping_monitor", "elbo_validation")
+        if train_size is None and not early_stopping:
+            train_size = 1.0
+        self._train_seed = seed
+        with _quiet_sparse_warnings():
+            super().train(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size,
+                validation_size=validation_size,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                plan_kwargs=plan_kwargs,
+                load_sparse_tensor=self._load_sparse_tensor,
+                **trainer_kwargs,
+            )
+        self.module.eval()
+
+    # inference ----------------------------------------------------------------------
+    def _loader(self, internal: AnnData, indices=None, batch_size: int | None = None):
+        return self._make_data_loader(
+            adata=internal,
+            indices=indices,
+            batch_size=batch_size or 1024,
+            shuffle=False,
+            load_sparse_tensor=self._load_sparse_tensor,
+        )
+
+    def _iter_inference(
+        self,
+        data=None,
+        *,
+        indices=None,
+        batch_size: int | None = None,
+        use_modalities: tuple[str, ...] | None = None,
+    ) -> Iterator[tuple[dict, dict]]:
+        self._check_if_trained(warn=False)
+        internal = self._internal(data)
+        self.module.eval()
+        with torch.inference_mode(), _quiet_sparse_warnings():
+            for tensors in self._loader(internal, indices, batch_size):
+                inf_in = self.module._get_inference_input(tensors)
+                out = self.module.inference(**inf_in, use_modalities=use_modalities)
+                yield tensors, out
+
+    def _modality_arg(self, modality: str) -> tuple[str, ...] | None:
+        if modality == "joint":
+            return None
+        if modality not in self.module.modalities:
+            msg = f"`modality={modality!r}` is not one of {['joint', *self.module.modalities]}."
+            raise ValueError(msg)
+        return (modality,)
+
+    def get_latent_representation(
+        self,
+        adata=None,
+        *,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        modality: str = "joint",
+    ) -> np.ndarray:
+        """Latent representation of each cell (cells x ``n_latent``).
+
+        Parameters
+        ----------
+        adata
+            AnnData/MuData set up like the training data; ``None`` for the training data.
+        indices
+            Cells to use (default all).
+        give_mean
+            Posterior mean (deterministic) rather than one sample.
+        batch_size
+            Minibatch size for inference.
+        modality
+            ``"joint"`` uses every observed modality; a modality name uses that encoder alone.
+        """
+        out = []
+        for _, inf in self._iter_inference(
+            adata, indices=indices, batch_size=batch_size, use_modalities=self._modality_arg(modality)
+        ):
+            qz = inf[MODULE_KEYS.QZ_KEY]
+            out.append((qz.loc if give_mean else qz.sample()).cpu().numpy())
+        return np.concatenate(out)
+
+    def get_cluster_probabilities(
+        self, adata=None, *, indices: Sequence[int] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Posterior cluster probabilities ``q(c | x)`` (cells x ``n_clusters``)."""
+        self._require_clusters()
+        out = [
+            inf[MODULE_KEYS.QC_KEY].probs.cpu().numpy()
+            for _, inf in self._iter_inference(adata, indices=indices, batch_size=batch_size)
+        ]
+        return np.concatenate(out)
+
+    def get_cluster_assignments(
+        self, adata=None, *, indices: Sequence[int] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Most probable cluster of each cell (integer codes ``0..n_clusters-1``)."""
+        return self.get_cluster_probabilities(adata, indices=indices, batch_size=batch_size).argmax(1)
+
+    def _require_clusters(self) -> None:
+        if not getattr(self.module.prior, "n_clusters", None):
+            msg = "this model has no discrete latent; create it with `n_clusters=K`."
+            raise ValueError(msg)
+
+    def _batch_code(self, transform_batch: str | None) -> torch.Tensor | None:
+        if transform_batch is None:
+            return None
+        mapping = list(
+            self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+        )
+        if transform_batch not in mapping:
+            msg = f"`transform_batch={transform_batch!r}` is not a training batch; choose one of {mapping}."
+            raise ValueError(msg)
+        return torch.tensor([[mapping.index(transform_batch)]])
+
+    def _decode(
+        self,
+        data=None,
+        *,
+        indices=None,
+        transform_batch: str | None = None,
+        use_modalities: tuple[str, ...] | None = None,
+        batch_size: int | None = None,
+        observed_library: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Decoded means (normalised expression / accessibility) from the posterior mean."""
+        code = self._batch_code(transform_batch)
+        out: dict[str, list] = {m: [] for m in self.module.modalities}
+        for tensors, inf in self._iter_inference(
+            data, indices=indices, batch_size=batch_size, use_modalities=use_modalities
+        ):
+            gen_in = self.module._get_generative_input(tensors, inf)
+            gen_in[MODULE_KEYS.Z_KEY] = inf[MODULE_KEYS.QZ_KEY].loc
+            gen = self.module.generative(
+                **gen_in, transform_batch=code, observed_library=observed_library
+            )
+            for m in out:
+                out[m].append(_mean_of(gen[m][MODULE_KEYS.PX_KEY]).cpu().numpy())
+        return {m: np.concatenate(v) for m, v in out.items()}
+
+    @torch.inference_mode()
+    def decode_latent(
+        self,
+        z: np.ndarray,
+        *,
+        transform_batch: str | None = None,
+        batch_size: int = 1024,
+    ) -> dict[str, np.ndarray]:
+        """Decode latent points into each modality's mean (points x features).
+
+        RNA (count likelihoods) is returned as normalised expression (rows sum to 1), ATAC with
+        the Bernoulli likelihood as accessibility probabilities at the training depth. Used by
+        :func:`scgenvae.tl.latent_traversal`.
+
+        Parameters
+        ----------
+        z
+            Latent points (points x ``n_latent``).
+        transform_batch
+            Batch category to decode under (default the first batch).
+        batch_size
+            Points per forward pass.
+        """
+        self._check_if_trained(warn=False)
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.module.n_latent:
+            msg = f"`z` must have shape (points, {self.module.n_latent}), got {z.shape}."
+            raise ValueError(msg)
+        self.module.eval()
+        code = self._batch_code(transform_batch)
+        dims = self._summary_dims()
+        device = next(self.module.parameters()).device
+        out: dict[str, list] = {m: [] for m in self.module.modalities}
+        for start in range(0, len(z), batch_size):
+            zb = torch.from_numpy(z[start : start + batch_size]).to(device)
+            n = zb.shape[0]
+            cats = [torch.zeros(n, 1, dtype=torch.long, device=device)] + [
+                torch.zeros(n, 1, dtype=torch.long, device=device) for _ in dims["n_cats_per_cov"]
+            ]
+            cont = (
+                torch.zeros(n, dims["n_continuous_cov"], device=device)
+                if dims["n_continuous_cov"]
+                else None
+            )
+            gen = self.module.generative(
+                zb, None, cats, cont, transform_batch=code, observed_library=False
+            )
+            for m in out:
+                out[m].append(_mean_of(gen[m][MODULE_KEYS.PX_KEY]).cpu().numpy())
+        return {m: np.concatenate(v) for m, v in out.items()}
+
+    # writing ------------------------------------------------------------------------
+    def _latent_targets(self, data) -> list[tuple[Any, np.ndarray | None]]:
+        """Objects to write the latent into, with the row of each of their cells (or None)."""
+        return [(data, None)]
+
+    def export_latent(
+        self,
+        data,
+        *,
+        key_added: str = DEFAULT_LATENT_KEY,
+        give_mean: bool = True,
+        cluster_key_added: str = DEFAULT_CLUSTER_KEY,
+        cluster_probs_key_added: str = DEFAULT_CLUSTER_PROBS_KEY,
+    ) -> None:
+        """Write the latent representation into ``data`` (the only model method that writes).
+
+        Sets ``obsm[key_added]`` (cells x ``n_latent``) and ``uns[key]["params"]`` (``key`` is
+        ``key_added`` without a leading ``X_``). Models with a discrete latent also set
+        ``obs[cluster_key_added]`` (categorical) and ``obsm[cluster_probs_key_added]``.
+        For MuData the joint latent goes to ``mdata.obsm`` and to each modality's ``obsm``.
+
+        Parameters
+        ----------
+        data
+            The AnnData/MuData to annotate (set up like the training data).
+        key_added
+            obsm key of the latent.
+        give_mean
+            Posterior mean rather than a sample.
+        cluster_key_added, cluster_probs_key_added
+            obs/obsm keys of the cluster assignment and probabilities.
+        """
+        latent = self.get_latent_representation(data, give_mean=give_mean)
+        probs = None
+        if getattr(self.module.prior, "n_clusters", None):
+            probs = self.get_cluster_probabilities(data)
+        params = {
+            "model": type(self).__name__,
+            "n_latent": int(self.module.n_latent),
+            "give_mean": bool(give_mean),
+            "seed": -1 if getattr(self, "_train_seed", None) is None else int(self._train_seed),
+        }
+        for target, rows in self._latent_targets(data):
+            target.obsm[key_added] = _rows(latent, rows)
+            if probs is not None:
+                p = _rows(probs, rows)
+                target.obsm[cluster_probs_key_added] = p
+                codes = np.where(np.isnan(p).any(1), -1, np.nan_to_num(p).argmax(1))
+                target.obs[cluster_key_added] = pd.Categorical.from_codes(
+                    codes, categories=[str(k) for k in range(p.shape[1])]
+                )
+        data.uns[key_added.removeprefix("X_")] = {"params": params}
+        logger.info("added obsm[%r] and uns[%r]", key_added, key_added.removeprefix("X_"))
+
+    # persistence --------------------------------------------------------------------
+    def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Save the model to ``dir_path/model.pt`` atomically (a crash leaves the old file).
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write; created if missing.
+        overwrite
+            Replace an existing model in ``dir_path``.
+        """
+        path = Path(dir_path)
+        target = path / _MODEL_FILE
+        if target.exists() and not overwrite:
+            msg = f"{target} exists; pass `overwrite=True` to replace it."
+            raise FileExistsError(msg)
+        path.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format_version": _FORMAT_VERSION,
+            "model_class": type(self).__name__,
+            "scgenvae_version": _version(),
+            "init_params": self._init_kwargs,
+            "module_kwargs": self._module_kwargs,
+            "setup_args": self._setup_args,
+            "registry": self.adata_manager._registry,
+            "features": {m: list(v) for m, v in self._features.items()},
+            "state_dict": self.module.state_dict(),
+            "is_trained": self.is_trained_,
+            "history": {k: v.to_dict() for k, v in (self.history_ or {}).items()},
+        }
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            Path(tmp).replace(target)
+        finally:
+            if Path(tmp).exists():
+                Path(tmp).unlink()
+
+    @classmethod
+    def load(cls, dir_path: str | os.PathLike, data, *, accelerator: str = "cpu"):
+        """Load a model saved with :meth:`save` and attach it to ``data``.
+
+        ``data`` must have the training features; categories of batch and covariates are mapped
+        as in training. The user's object is not modified.
+
+        Parameters
+        ----------
+        dir_path
+            Folder given to :meth:`save`.
+        data
+            AnnData/MuData to attach (set up with the saved arguments automatically).
+        accelerator
+            ``"cpu"`` or ``"gpu"``: where to put the module.
+        """
+        target = Path(dir_path) / _MODEL_FILE
+        if not target.exists():
+            msg = f"no saved model at {target}; pass the folder given to `model.save(...)`."
+            raise FileNotFoundError(msg)
+        try:
+            payload = torch.load(target, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+            msg = f"{target} is not a readable scgenvae model file ({type(err).__name__}: {err})."
+            raise ValueError(msg) from err
+        if not isinstance(payload, dict) or payload.get("format_version") != _FORMAT_VERSION:
+            got = payload.get("format_version") if isinstance(payload, dict) else None
+            msg = (
+                f"{target} has model format version {got}, this scgenvae ({_version()}) reads "
+                f"version {_FORMAT_VERSION}; load it with the scgenvae that saved it."
+            )
+            raise ValueError(msg)
+        if payload["model_class"] != cls.__name__:
+            msg = f"{target} holds a {payload['model_class']}; load it with that class."
+            raise ValueError(msg)
+        getattr(cls, cls._setup_method)(data, **payload["setup_args"])
+        _SETUP.put(data, cls.__name__, payload["setup_args"], payload["registry"])
+        model = cls(data, **payload["init_params"])
+        features = cls._feature_names(data, payload["setup_args"])
+        for m, names in payload["features"].items():
+            if list(features[m]) != names:
+                msg = (
+                    f"{m}: the saved model expects {len(names):,} features in the trained order, "
+                    f"the data has {len(features[m]):,}; subset with `data[:, names]`."
+                )
+                raise ValueError(msg)
+        model.module.load_state_dict(payload["state_dict"])
+        model.module.to("cuda" if accelerator == "gpu" else "cpu")
+        model.module.eval()
+        model.is_trained_ = payload["is_trained"]
+        model.history_ = {k: pd.DataFrame(v) for k, v in payload["history"].items()}
+        return model
+
+
+@contextmanager
+def _quiet_sparse_warnings() -> Iterator[None]:
+    """Silence torch's 'sparse CSR is beta' notices, which say nothing actionable to users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly")
+        yield
+
+
+def _version() -> str:
+    from scgenvae import __version__
+
+    return __version__
+
+
+def _rows(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """Rows of ``values`` for a target; ``-1`` rows (cell absent) become NaN."""
+    if rows is None:
+        return values
+    out = np.full((len(rows), values.shape[1]), np.nan, dtype=np.float64)
+    ok = rows >= 0
+    out[ok] = values[rows[ok]]
+    return out
+
+
+def _mean_of(px) -> torch.Tensor:
+    """Normalised mean of a decoded distribution: ``scale`` for counts, ``probs`` for Bernoulli."""
+    scale = getattr(px, "scale", None)
+    if isinstance(scale, torch.Tensor):
+        return scale
+    return px.probs
+

@@ -1,0 +1,249 @@
+"""PoissonVAE: a conditional VAE for one count modality (RNA)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scvi.data.fields import LayerField
+
+from scgenvae._constants import REGISTRY_KEYS
+from scgenvae.module import ModalitySpec, log_library_mean
+
+from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
+from ._validate import (
+    check_continuous,
+    check_obs_keys,
+    check_shape,
+    check_values,
+    get_matrix,
+    warn_empty_cells,
+)
+
+if TYPE_CHECKING:
+    pass
+
+logger = logging.getLogger(__name__)
+
+
+class PoissonVAE(BaseScgenvaeModel):
+    """Conditional VAE for single-cell counts with a Poisson decoder.
+
+    The encoder ``q(z | x, s)`` maps log counts and the batch/covariates ``s`` to a diagonal
+    Gaussian, sampled with ``z = mu + sigma * eps``. The decoder ``p(x | z, s)`` is conditional on
+    ``s`` at every layer, so the same ``z`` can be decoded under another batch
+    (``transform_batch``). With ``gene_likelihood="poisson"`` the rate of gene ``g`` in cell ``n``
+    is ``l_n * softmax(f(z_n, s_n))_g`` with the observed library size ``l_n`` as offset.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_hidden
+        Width of hidden layers.
+    n_latent
+        Dimension of the latent space.
+    n_layers
+        Hidden layers in encoder and decoder.
+    dropout_rate
+        Dropout in hidden layers.
+    gene_likelihood
+        ``"poisson"``, ``"nb"`` (negative binomial, gene-wise dispersion) or ``"zinb"``.
+    encode_covariates
+        Condition the encoder on batch and covariates as well as the decoder.
+    n_clusters
+        Give the model a discrete latent with this many clusters (Gaussian-mixture prior
+        trained with Gumbel-Softmax); ``None`` for a standard-normal prior.
+    straight_through
+        With ``n_clusters``: one-hot (hard) cluster samples forwards, soft gradients backwards.
+
+    Examples
+    --------
+    >>> import scgenvae
+    >>> adata = scgenvae.datasets.synthetic_rna(n_obs=200, n_vars=50)
+    >>> scgenvae.model.PoissonVAE.setup_anndata(adata, batch_key="batch")
+    >>> model = scgenvae.model.PoissonVAE(adata, n_latent=5)
+    >>> model.train(max_epochs=2, enable_progress_bar=False)
+    >>> model.export_latent(adata)  # adata.obsm["X_scgenvae"]
+
+    See Also
+    --------
+    scgenvae.module.MultiModalVAEModule : the torch module.
+    scgenvae.model.MultiVAE : paired RNA + ATAC.
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        gene_likelihood: Literal["poisson", "nb", "zinb"] = "poisson",
+        encode_covariates: bool = True,
+        n_clusters: int | None = None,
+        straight_through: bool = False,
+    ):
+        if gene_likelihood not in ("poisson", "nb", "zinb"):
+            msg = f"`gene_likelihood` must be 'poisson', 'nb' or 'zinb', got {gene_likelihood!r}."
+            raise ValueError(msg)
+        self._init_data(adata)
+        self._init_kwargs = {
+            "n_hidden": n_hidden,
+            "n_latent": n_latent,
+            "n_layers": n_layers,
+            "dropout_rate": dropout_rate,
+            "gene_likelihood": gene_likelihood,
+            "encode_covariates": encode_covariates,
+            "n_clusters": n_clusters,
+            "straight_through": straight_through,
+        }
+        self.init_params_ = {"kwargs": {"kwargs": dict(self._init_kwargs)}}
+        x = self.adata.X
+        self.module = self._make_module(
+            modalities={
+                "rna": ModalitySpec(REGISTRY_KEYS.X_KEY, self.adata.n_vars, gene_likelihood)
+            },
+            **self._summary_dims(),
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            encode_covariates=encode_covariates,
+            library_log_means={"rna": log_library_mean(np.asarray(x.sum(axis=1)))},
+            n_clusters=n_clusters,
+            straight_through=straight_through,
+        )
+        self._model_summary_string = (
+            f"PoissonVAE: n_latent {n_latent}, n_hidden {n_hidden}, n_layers {n_layers}, "
+            f"gene_likelihood {gene_likelihood}, n_batch {self._module_kwargs['n_batch']}"
+            + (f", n_clusters {n_clusters}" if n_clusters else "")
+        )
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+    ) -> None:
+        """Validate ``adata`` and remember which fields the model reads.
+
+        Nothing is written into ``adata``.
+
+        Parameters
+        ----------
+        adata
+            Cells x genes AnnData with raw counts.
+        layer
+            Layer with the counts (``None`` for ``.X``).
+        batch_key
+            obs column of the batch (the condition of the conditional VAE).
+        labels_key
+            obs column of cell labels (kept in the registry, not used for training).
+        categorical_covariate_keys
+            More categorical obs columns the encoder and decoder are conditioned on.
+        continuous_covariate_keys
+            Numeric obs columns the encoder and decoder are conditioned on.
+        """
+        if not isinstance(adata, AnnData):
+            msg = f"PoissonVAE.setup_anndata needs an AnnData, got {type(adata).__name__}."
+            raise TypeError(msg)
+        check_shape(adata)
+        x = get_matrix(adata, layer)
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        check_values(x, where=where)
+        cat_keys = list(categorical_covariate_keys or [])
+        cont_keys = list(continuous_covariate_keys or [])
+        check_obs_keys(adata.obs, [batch_key, labels_key, *cat_keys, *cont_keys])
+        check_continuous(adata.obs, cont_keys)
+        warn_empty_cells(x, where=where)
+        if not adata.var_names.is_unique:
+            msg = "adata.var_names are not unique; call `adata.var_names_make_unique()` first."
+            raise ValueError(msg)
+        cls._remember_setup(
+            adata,
+            {
+                "layer": layer,
+                "batch_key": batch_key,
+                "labels_key": labels_key,
+                "categorical_covariate_keys": cat_keys or None,
+                "continuous_covariate_keys": cont_keys or None,
+            },
+        )
+
+    @classmethod
+    def _fields(cls, args: dict) -> list:
+        return [LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False), *covariate_fields(args)]
+
+    @classmethod
+    def _feature_names(cls, data, args: dict) -> dict[str, pd.Index]:
+        del args
+        return {"rna": pd.Index(data.var_names)}
+
+    def _build_internal(self, data: AnnData, args: dict) -> AnnData:
+        if not isinstance(data, AnnData):
+            msg = f"expected an AnnData, got {type(data).__name__}."
+            raise TypeError(msg)
+        check_shape(data)
+        x = get_matrix(data, args["layer"])
+        check_values(x, where="the counts")
+        cols = [
+            k
+            for k in (
+                args.get("batch_key"),
+                args.get("labels_key"),
+                *(args.get("categorical_covariate_keys") or []),
+                *(args.get("continuous_covariate_keys") or []),
+            )
+            if k is not None
+        ]
+        check_obs_keys(data.obs, cols)
+        return AnnData(
+            X=x,
+            obs=_obs_frame(data.obs, cols, data.n_obs),
+            var=pd.DataFrame(index=pd.RangeIndex(data.n_vars).astype(str)),
+        )
+
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        *,
+        indices: Sequence[int] | None = None,
+        transform_batch: str | None = None,
+        library_size: float | Literal["latent"] = 1.0,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Decoded expression of each cell from its posterior mean (cells x genes).
+
+        Parameters
+        ----------
+        adata
+            Data set up like the training data (``None``: the training data).
+        indices
+            Cells to use.
+        transform_batch
+            Decode every cell as if it came from this batch (batch correction, or the same
+            cells seen through another protocol).
+        library_size
+            Scale of each row: a number (rows sum to it), or ``"latent"`` for the observed
+            library size of each cell (expected counts).
+        batch_size
+            Minibatch size.
+        """
+        scale = self._decode(
+            adata, indices=indices, transform_batch=transform_batch, batch_size=batch_size
+        )["rna"]
+        if library_size == "latent":
+            internal = self._internal(adata)
+            x = internal.X if indices is None else internal.X[np.asarray(indices)]
+            return scale * np.asarray(x.sum(axis=1)).reshape(-1, 1)
+        return scale * float(library_size)

@@ -1,0 +1,136 @@
+"""Priors over the latent space: a standard normal, or a Gaussian mixture with a discrete ``c``.
+
+Both implement the same two methods with the same signatures:
+
+- ``infer_cluster(qz)`` returns the extra inference outputs (``qc`` for the mixture, none for
+  the standard normal);
+- ``kl(qz, z, inference_outputs, tau)`` returns per-cell KL terms ``kl_z`` (and ``kl_c``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Categorical, Normal, kl_divergence
+
+from scgenvae._constants import MODULE_KEYS
+
+
+class StandardNormalPrior(nn.Module):
+    """p(z) = N(0, I)."""
+
+    n_clusters = None
+
+    def infer_cluster(self, qz: Normal) -> dict[str, torch.distributions.Distribution]:
+        """No discrete latent: nothing to infer."""
+        del qz
+        return {}
+
+    def kl(
+        self,
+        qz: Normal,
+        z: torch.Tensor,
+        inference_outputs: dict,
+        tau: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Analytic ``KL(q(z|x) || N(0, I))`` per cell."""
+        del z, inference_outputs, tau
+        pz = Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))
+        return {"kl_z": kl_divergence(qz, pz).sum(-1)}
+
+
+def gumbel_softmax_sample(
+    logits: torch.Tensor, tau: float, *, hard: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw a Gumbel-Softmax (relaxed one-hot) sample.
+
+    ``softmax((logits + g) / tau)`` with ``g ~ Gumbel(0, 1)``. With ``hard=True`` the forward
+    value is the one-hot argmax and the gradient is that of the soft sample (straight-through).
+    """
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    g = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
+    soft = torch.softmax((logits + g) / tau, dim=-1)
+    if not hard:
+        return soft
+    one_hot = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
+    return one_hot - soft.detach() + soft
+
+
+class GaussianMixturePrior(nn.Module):
+    """p(c) uniform, p(z | c) = N(mu_c, diag sigma_c^2); q(c | x) relaxed with Gumbel-Softmax.
+
+    ``q(c | x)`` is a small network on the posterior mean of ``z`` (a function of ``x``). During
+    training, ``c`` is drawn from the Gumbel-Softmax relaxation at temperature ``tau`` and
+
+    - ``kl_z = sum_k c_k KL(q(z|x) || p(z|c=k))`` (analytic Gaussian KLs weighted by the sample);
+    - ``kl_c = KL(Cat(q(c|x)) || Uniform)``, analytic on the underlying categorical logits.
+
+    Outside training, ``kl_z`` uses the exact expectation over ``q(c | x)`` (marginalised, no
+    sampling). Components start spread on a sphere so that none starts empty.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int,
+        n_latent: int,
+        *,
+        n_hidden: int = 128,
+        straight_through: bool = False,
+    ):
+        super().__init__()
+        if n_clusters < 2:
+            msg = f"`n_clusters` must be at least 2, got {n_clusters}."
+            raise ValueError(msg)
+        self.n_clusters = n_clusters
+        self.straight_through = straight_through
+        gen = torch.Generator().manual_seed(0)
+        init = torch.randn(n_clusters, n_latent, generator=gen)
+        init = 2.0 * init / init.norm(dim=1, keepdim=True)
+        self.means = nn.Parameter(init)
+        self.log_scales = nn.Parameter(torch.zeros(n_clusters, n_latent))
+        self.classifier = nn.Sequential(
+            nn.Linear(n_latent, n_hidden), nn.LayerNorm(n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_clusters)
+        )
+
+    def component_kl(self, qz: Normal) -> torch.Tensor:
+        """cells x K matrix of ``KL(q(z|x) || p(z|c=k))``."""
+        mu_q, var_q = qz.loc.unsqueeze(-2), qz.scale.pow(2).unsqueeze(-2)
+        var_p = torch.exp(2 * self.log_scales)
+        kl = 0.5 * (
+            2 * self.log_scales - torch.log(var_q) + (var_q + (mu_q - self.means) ** 2) / var_p - 1
+        )
+        return kl.sum(-1)
+
+    def cluster_logits(self, qz: Normal) -> torch.Tensor:
+        """Logits of ``q(c | x)`` (cells x K)."""
+        return self.classifier(qz.loc)
+
+    def infer_cluster(self, qz: Normal) -> dict[str, torch.distributions.Distribution]:
+        """Return ``qc``, the categorical posterior of the cluster."""
+        return {MODULE_KEYS.QC_KEY: Categorical(logits=self.cluster_logits(qz))}
+
+    def kl(
+        self,
+        qz: Normal,
+        z: torch.Tensor,
+        inference_outputs: dict,
+        tau: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-cell ``kl_z`` and ``kl_c`` (see the class docstring)."""
+        del z
+        qc: Categorical = inference_outputs[MODULE_KEYS.QC_KEY]
+        comp = self.component_kl(qz)
+        if self.training and tau is not None:
+            weights = gumbel_softmax_sample(qc.logits, tau, hard=self.straight_through)
+        else:
+            weights = qc.probs
+        kl_z = (weights * comp).sum(-1)
+        log_k = math.log(self.n_clusters)
+        kl_c = (qc.probs * (qc.logits + log_k)).sum(-1)  # KL(q(c|x) || Uniform(K))
+        out = {"kl_z": kl_z, "kl_c": kl_c}
+        if tau is not None:
+            out["tau"] = torch.tensor(float(tau))
+        return out

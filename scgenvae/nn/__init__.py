@@ -1,0 +1,7 @@
+"""Neural-network building blocks."""
+
+from __future__ import annotations
+
+from ._base import CovariateInjection, FCLayers, GaussianEncoder, reparameterize
+
+__all__ = ["CovariateInjection", "FCLayers", "GaussianEncoder", "reparameterize"]

@@ -1,0 +1,171 @@
+"""Building blocks: fully connected stacks with covariate injection, encoders and decoder heads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+
+class CovariateInjection(nn.Module):
+    """Adds the effect of categorical and continuous covariates to a layer's pre-activation.
+
+    A one-hot vector times a weight matrix is a row lookup, so categorical covariates are
+    injected with :class:`torch.nn.Embedding` (the same function as scvi-tools' one-hot
+    concatenation, without building the one-hot matrix).
+
+    Parameters
+    ----------
+    n_out
+        Width of the layer the covariates are added to.
+    n_cats_per_cov
+        Number of categories of each categorical covariate (batch first).
+    n_continuous_cov
+        Number of continuous covariates.
+    """
+
+    def __init__(self, n_out: int, n_cats_per_cov: Sequence[int] = (), n_continuous_cov: int = 0):
+        super().__init__()
+        self.embeddings = nn.ModuleList(
+            [nn.Embedding(n_cat, n_out) for n_cat in n_cats_per_cov if n_cat > 1]
+        )
+        self._active = [n_cat > 1 for n_cat in n_cats_per_cov]
+        for emb in self.embeddings:
+            nn.init.normal_(emb.weight, std=0.01)
+        self.continuous = nn.Linear(n_continuous_cov, n_out, bias=False) if n_continuous_cov else None
+
+    def forward(
+        self, h: torch.Tensor, cat_list: Sequence[torch.Tensor], cont: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Return ``h`` plus the covariate effects."""
+        embeddings = iter(self.embeddings)
+        for active, cat in zip(self._active, cat_list, strict=True):
+            if active:
+                h = h + next(embeddings)(cat.reshape(-1).long())
+        if self.continuous is not None and cont is not None:
+            h = h + self.continuous(cont)
+        return h
+
+
+class FCLayers(nn.Module):
+    """A stack of ``Linear -> covariates -> LayerNorm -> ReLU -> Dropout`` layers.
+
+    Covariates are injected into every layer, which makes a decoder built on it a
+    conditional decoder p(x | z, s).
+
+    Parameters
+    ----------
+    n_in
+        Input width.
+    n_out
+        Output width of every layer.
+    n_layers
+        Number of layers (at least 1).
+    n_cats_per_cov
+        Categories per categorical covariate.
+    n_continuous_cov
+        Number of continuous covariates.
+    dropout_rate
+        Dropout after each layer.
+    sparse_input
+        The input of the first layer is a sparse tensor (for wide ATAC matrices): the
+        first product is a sparse-dense matmul, so a minibatch is never densified.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        *,
+        n_layers: int = 1,
+        n_cats_per_cov: Sequence[int] = (),
+        n_continuous_cov: int = 0,
+        dropout_rate: float = 0.1,
+        sparse_input: bool = False,
+    ):
+        super().__init__()
+        if n_layers < 1:
+            msg = f"`n_layers` must be at least 1, got {n_layers}."
+            raise ValueError(msg)
+        self.sparse_input = sparse_input
+        dims = [n_in] + [n_out] * n_layers
+        self.linears = nn.ModuleList(
+            [nn.Linear(d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:], strict=True)]
+        )
+        self.injections = nn.ModuleList(
+            [CovariateInjection(n_out, n_cats_per_cov, n_continuous_cov) for _ in range(n_layers)]
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(n_out) for _ in range(n_layers)])
+        self.dropout = nn.Dropout(dropout_rate)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cat_list: Sequence[torch.Tensor] = (),
+        cont: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Map ``x`` (dense, or sparse when ``sparse_input``) through the stack."""
+        h = x
+        for i, (linear, inject, norm) in enumerate(
+            zip(self.linears, self.injections, self.norms, strict=True)
+        ):
+            if i == 0 and h.layout != torch.strided:
+                h = torch.sparse.mm(h, linear.weight.t()) + linear.bias
+            else:
+                h = linear(h)
+            h = inject(h, cat_list, cont)
+            h = self.dropout(torch.relu(norm(h)))
+        return h
+
+
+class GaussianEncoder(nn.Module):
+    """Encoder of a diagonal Gaussian posterior q(z | x, s).
+
+    Returns the posterior as a :class:`torch.distributions.Normal` and a sample drawn with
+    the reparameterisation ``z = mu + sigma * eps``.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_latent: int,
+        *,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        n_cats_per_cov: Sequence[int] = (),
+        n_continuous_cov: int = 0,
+        dropout_rate: float = 0.1,
+        sparse_input: bool = False,
+        var_eps: float = 1e-4,
+    ):
+        super().__init__()
+        self.net = FCLayers(
+            n_in,
+            n_hidden,
+            n_layers=n_layers,
+            n_cats_per_cov=n_cats_per_cov,
+            n_continuous_cov=n_continuous_cov,
+            dropout_rate=dropout_rate,
+            sparse_input=sparse_input,
+        )
+        self.mean = nn.Linear(n_hidden, n_latent)
+        self.log_var = nn.Linear(n_hidden, n_latent)
+        self.var_eps = var_eps
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cat_list: Sequence[torch.Tensor] = (),
+        cont: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(mean, variance, hidden)`` of the posterior."""
+        h = self.net(x, cat_list, cont)
+        var = torch.exp(self.log_var(h).clamp(-15.0, 15.0)) + self.var_eps
+        return self.mean(h), var, h
+
+
+def reparameterize(q: Normal) -> torch.Tensor:
+    """Draw ``z = mu + sigma * eps`` (differentiable in ``mu`` and ``sigma``)."""
+    return q.rsample()

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import os
+
+import matplotlib as mpl
+import pytest
+
+mpl.use("Agg")
+os.environ.setdefault("SCGENVAE_FAST", "1")
+
+# one loop over {option: marker}: a marked test runs only when its option is given
+_OPTIONS = {"--slow": "slow", "--gpu": "gpu"}
+
+
+def pytest_addoption(parser):
+    for option, marker in _OPTIONS.items():
+        parser.addoption(option, action="store_true", default=False, help=f"run {marker} tests")
+    parser.addoption("--accelerator", default="cpu", help="accelerator for model tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    for option, marker in _OPTIONS.items():
+        if config.getoption(option):
+            continue
+        skip = pytest.mark.skip(reason=f"needs {option}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def _synthetic_rna():
+    from scgenvae.datasets import synthetic_rna
+
+    return synthetic_rna(n_obs=200, n_vars=50, rng=0)
+
+
+@pytest.fixture
+def adata(_synthetic_rna):
+    return _synthetic_rna.copy()
+
+
+@pytest.fixture(scope="session")
+def _synthetic_mdata():
+    from scgenvae.datasets import synthetic_multiome
+
+    return synthetic_multiome(n_obs=200, n_genes=50, n_peaks=100, rng=0)
+
+
+@pytest.fixture
+def mdata(_synthetic_mdata):
+    return _synthetic_mdata.copy()
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+@pytest.fixture
+def quiet():
+    """Trainer arguments for silent, fast tests."""
+    return {"enable_progress_bar": False, "enable_model_summary": False}
