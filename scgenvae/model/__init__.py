@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._base import BaseScgenvaeModel, ScgenvaeTrainingPlan
+from ._multivae import MultiVAE
 from ._poissonvae import PoissonVAE
 
-__all__ = ["BaseScgenvaeModel", "PoissonVAE", "ScgenvaeTrainingPlan"]
+__all__ = ["BaseScgenvaeModel", "MultiVAE", "PoissonVAE", "ScgenvaeTrainingPlan"]

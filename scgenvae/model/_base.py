@@ -40,6 +40,8 @@ from scgenvae._constants import (
 )
 from scgenvae._settings import settings
 
+from ._data import InMemoryDataSplitter, MinibatchIterable, registry_arrays
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
@@ -164,8 +166,9 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
     """Shared user-facing machinery of scgenvae models (not used directly)."""
 
     _training_plan_cls = ScgenvaeTrainingPlan
-    #: keep sparse minibatches sparse (wide ATAC); dense is faster for RNA-sized inputs
-    _load_sparse_tensor: ClassVar[bool] = False
+    _data_splitter_cls = InMemoryDataSplitter
+    #: registry keys handed to the module as sparse tensors (wide ATAC); others are dense
+    _sparse_keys: ClassVar[frozenset[str]] = frozenset()
     _setup_method: ClassVar[str] = "setup_anndata"
 
     # subclasses implement ------------------------------------------------------------
@@ -330,19 +333,21 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 batch_size=batch_size,
                 early_stopping=early_stopping,
                 plan_kwargs=plan_kwargs,
-                load_sparse_tensor=self._load_sparse_tensor,
+                datasplitter_kwargs={"seed": seed, "sparse_keys": self._sparse_keys},
                 **trainer_kwargs,
             )
         self.module.eval()
 
     # inference ----------------------------------------------------------------------
     def _loader(self, internal: AnnData, indices=None, batch_size: int | None = None):
-        return self._make_data_loader(
-            adata=internal,
-            indices=indices,
+        manager = self.get_anndata_manager(internal, required=True)
+        indices = np.arange(internal.n_obs) if indices is None else np.asarray(indices)
+        return MinibatchIterable(
+            registry_arrays(manager, self._sparse_keys),
+            indices,
             batch_size=batch_size or 1024,
             shuffle=False,
-            load_sparse_tensor=self._load_sparse_tensor,
+            sparse_keys=self._sparse_keys,
         )
 
     def _iter_inference(

@@ -1,0 +1,72 @@
+"""Quality metrics of latent spaces and cross-modal imputation (used by tests and benchmarks)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse, stats
+
+
+def foscttm(x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of samples closer than the true match, averaged over both directions.
+
+    ``x[i]`` and ``y[i]`` embed the same cell from two modalities. For each cell, the fraction
+    of other cells of ``y`` closer to ``x[i]`` than ``y[i]`` is (0 is perfect, 0.5 chance).
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape:
+        msg = f"x and y must have the same shape, got {x.shape} and {y.shape}."
+        raise ValueError(msg)
+    d = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    true = np.diag(d)
+    n = len(x)
+    fx = (d < true[:, None]).sum(1) / (n - 1)
+    fy = (d < true[None, :]).sum(0) / (n - 1)
+    return float((fx.mean() + fy.mean()) / 2)
+
+
+def knn_accuracy(
+    rep: np.ndarray, labels, *, n_neighbors: int = 15, n_folds: int = 5, rng=0
+) -> float:
+    """Mean accuracy of a k-NN classifier of ``labels`` on ``rep`` in stratified k-fold CV."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    seed = int(np.random.default_rng(rng).integers(2**31 - 1))
+    cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    scores = cross_val_score(
+        KNeighborsClassifier(n_neighbors=n_neighbors), rep, np.asarray(labels), cv=cv
+    )
+    return float(scores.mean())
+
+
+def _dense(x) -> np.ndarray:
+    return x.toarray() if sparse.issparse(x) else np.asarray(x)
+
+
+def auroc_auprc(observed, predicted: np.ndarray) -> tuple[float, float]:
+    """AUROC and AUPRC of predicted probabilities against binary observations, all entries."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = (_dense(observed) > 0).ravel()
+    p = np.asarray(predicted).ravel()
+    return float(roc_auc_score(y, p)), float(average_precision_score(y, p))
+
+
+def mean_gene_spearman(observed, predicted: np.ndarray) -> float:
+    """Mean over genes of the Spearman correlation across cells (genes constant in either skipped).
+
+    ``observed`` counts are normalised to proportions per cell before ranking.
+    """
+    obs = _dense(observed).astype(np.float64)
+    tot = obs.sum(1, keepdims=True)
+    obs = np.divide(obs, tot, out=np.zeros_like(obs), where=tot > 0)
+    pred = np.asarray(predicted, dtype=np.float64)
+    keep = (obs.std(0) > 0) & (pred.std(0) > 0)
+    if not keep.any():
+        return float("nan")
+    ro = stats.rankdata(obs[:, keep], axis=0)
+    rp = stats.rankdata(pred[:, keep], axis=0)
+    ro -= ro.mean(0)
+    rp -= rp.mean(0)
+    r = (ro * rp).sum(0) / np.sqrt((ro**2).sum(0) * (rp**2).sum(0))
+    return float(r.mean())

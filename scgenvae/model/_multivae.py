@@ -1,0 +1,432 @@
+"""MultiVAE: one latent space for paired RNA counts and chromatin accessibility."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from mudata import MuData
+from scipy import sparse
+from scvi.data.fields import LayerField, ObsmField
+
+from scgenvae._constants import REGISTRY_KEYS
+from scgenvae.module import ModalitySpec, log_library_mean
+
+from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
+from ._validate import check_continuous, check_shape, check_values, get_matrix
+
+logger = logging.getLogger(__name__)
+
+_GEX = "Gene Expression"
+_PEAKS = "Peaks"
+
+
+def _split_feature_types(adata: AnnData) -> tuple[AnnData, AnnData]:
+    """RNA and ATAC views of a Cell Ranger ARC AnnData with ``var['feature_types']``."""
+    if "feature_types" not in adata.var.columns:
+        msg = (
+            "an AnnData given to MultiVAE.setup_mudata needs var['feature_types'] with "
+            f"{_GEX!r} and {_PEAKS!r} rows (as Cell Ranger ARC writes it); or pass a MuData."
+        )
+        raise KeyError(msg)
+    ft = adata.var["feature_types"].astype(str)
+    rna, atac = adata[:, (ft == _GEX).to_numpy()], adata[:, (ft == _PEAKS).to_numpy()]
+    if rna.n_vars == 0 or atac.n_vars == 0:
+        msg = f"var['feature_types'] must contain both {_GEX!r} and {_PEAKS!r}; found {sorted(set(ft))}."
+        raise ValueError(msg)
+    return rna, atac
+
+
+def _modalities(data, args: dict) -> tuple[AnnData, AnnData, pd.Index, pd.DataFrame]:
+    """RNA and ATAC objects, the union of cells, and the obs frame covariates come from."""
+    if isinstance(data, MuData):
+        for key, name in (("rna_mod", args["rna_mod"]), ("atac_mod", args["atac_mod"])):
+            if name not in data.mod:
+                msg = f"`{key}={name!r}` not found in mdata.mod; available: {list(data.mod)}."
+                raise KeyError(msg)
+        rna, atac = data.mod[args["rna_mod"]], data.mod[args["atac_mod"]]
+        cells = pd.Index(data.obs_names)
+        obs = data.obs
+    elif isinstance(data, AnnData):
+        rna, atac = _split_feature_types(data)
+        cells = pd.Index(data.obs_names)
+        obs = data.obs
+    else:
+        msg = f"MultiVAE needs a MuData (or an AnnData with var['feature_types']), got {type(data).__name__}."
+        raise TypeError(msg)
+    return rna, atac, cells, obs
+
+
+def _rows(mod: AnnData, cells: pd.Index) -> np.ndarray:
+    """Row of each union cell in ``mod`` (-1 where the cell lacks the modality)."""
+    if not mod.obs_names.is_unique:
+        msg = "modality obs_names are not unique; call `mdata.mod[m].obs_names_make_unique()`."
+        raise ValueError(msg)
+    return mod.obs_names.get_indexer(cells)
+
+
+def _aligned(mat, rows: np.ndarray):
+    """``mat`` with rows in union order; cells without the modality get all-zero rows."""
+    if len(rows) == mat.shape[0] and (rows == np.arange(len(rows))).all():
+        return mat
+    mat = sparse.csr_matrix(mat)
+    out = mat[np.clip(rows, 0, None)]
+    return sparse.csr_matrix(sparse.diags((rows >= 0).astype(out.dtype)) @ out)
+
+
+def _column(key: str, obs: pd.DataFrame, mods: list[tuple[str, AnnData]], cells: pd.Index) -> pd.Series:
+    """Covariate ``key`` from the joint obs, else from a modality's obs (aligned to cells)."""
+    if key in obs.columns:
+        return obs[key].reindex(cells)
+    for name, mod in mods:
+        for col in (key, f"{name}:{key}"):
+            if col in mod.obs.columns:
+                return mod.obs[col].reindex(cells)
+        if f"{name}:{key}" in obs.columns:
+            return obs[f"{name}:{key}"].reindex(cells)
+    available = sorted(set(obs.columns).union(*[set(m.obs.columns) for _, m in mods]))
+    msg = f"{key!r} not found in mdata.obs or the modalities' obs; available: {available}."
+    raise KeyError(msg)
+
+
+class MultiVAE(BaseScgenvaeModel):
+    """Multimodal VAE for paired single-cell RNA + ATAC with one joint latent.
+
+    Gene counts have a Poisson decoder (library size as offset; or negative binomial), peaks a
+    Bernoulli decoder in logit space with a per-region bias, a per-region response to the
+    cell's depth and the cell's log depth (or a Poisson decoder for fragment counts). Each
+    modality has its own encoder; the joint posterior is the product of the Gaussian experts of
+    the observed modalities and the prior, so cells with RNA only or ATAC only are embedded in
+    the same space. Training uses, for a random quarter of paired cells each, the RNA-only
+    and the ATAC-only posterior (``modality_dropout``), which teaches cross-modal prediction
+    at no extra cost, plus ``KL(q_joint || q_m)`` to keep single-modality posteriors on the
+    joint one.
+
+    Parameters
+    ----------
+    mdata
+        MuData (or Cell Ranger ARC AnnData) registered with :meth:`setup_mudata`.
+    n_hidden, n_latent, n_layers, dropout_rate
+        Network sizes.
+    rna_likelihood
+        ``"poisson"`` or ``"nb"``.
+    atac_likelihood
+        ``"bernoulli"`` (binarised peaks) or ``"poisson"`` (fragment counts).
+    encode_covariates
+        Condition the encoders on batch and covariates too.
+    modality_dropout
+        Probability, per paired cell and per modality, of training on that modality alone.
+    alignment_weight
+        Weight of the single-modality alignment term.
+    n_clusters, straight_through
+        Discrete latent (see :class:`~scgenvae.model.PoissonVAE`).
+
+    Examples
+    --------
+    >>> mdata = scgenvae.datasets.scicar_a549()
+    >>> scgenvae.model.MultiVAE.setup_mudata(mdata)
+    >>> model = scgenvae.model.MultiVAE(mdata)
+    >>> model.train()
+    >>> model.export_latent(mdata)  # mdata.obsm["X_scgenvae"]
+    >>> acc = model.get_accessibility_estimates(use_modality="rna")  # ATAC from RNA alone
+    """
+
+    _setup_method = "setup_mudata"
+    _sparse_keys = frozenset({REGISTRY_KEYS.ATAC_KEY})
+
+    def __init__(
+        self,
+        mdata: MuData | AnnData,
+        *,
+        n_hidden: int = 256,
+        n_latent: int = 20,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        rna_likelihood: Literal["poisson", "nb"] = "poisson",
+        atac_likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
+        encode_covariates: bool = True,
+        modality_dropout: float = 0.25,
+        alignment_weight: float = 1.0,
+        n_clusters: int | None = None,
+        straight_through: bool = False,
+    ):
+        if rna_likelihood not in ("poisson", "nb"):
+            msg = f"`rna_likelihood` must be 'poisson' or 'nb', got {rna_likelihood!r}."
+            raise ValueError(msg)
+        if atac_likelihood not in ("bernoulli", "poisson"):
+            msg = f"`atac_likelihood` must be 'bernoulli' or 'poisson', got {atac_likelihood!r}."
+            raise ValueError(msg)
+        if not 0 <= modality_dropout < 0.5:
+            msg = f"`modality_dropout` must be in [0, 0.5), got {modality_dropout}."
+            raise ValueError(msg)
+        self._atac_likelihood = atac_likelihood
+        self._init_data(mdata)
+        self._init_kwargs = {
+            "n_hidden": n_hidden,
+            "n_latent": n_latent,
+            "n_layers": n_layers,
+            "dropout_rate": dropout_rate,
+            "rna_likelihood": rna_likelihood,
+            "atac_likelihood": atac_likelihood,
+            "encode_covariates": encode_covariates,
+            "modality_dropout": modality_dropout,
+            "alignment_weight": alignment_weight,
+            "n_clusters": n_clusters,
+            "straight_through": straight_through,
+        }
+        self.init_params_ = {"kwargs": {"kwargs": dict(self._init_kwargs)}}
+        rna = self.adata.X
+        atac = self.adata.obsm[REGISTRY_KEYS.ATAC_KEY]
+        self.module = self._make_module(
+            modalities={
+                "rna": ModalitySpec(REGISTRY_KEYS.X_KEY, rna.shape[1], rna_likelihood),
+                "atac": ModalitySpec(REGISTRY_KEYS.ATAC_KEY, atac.shape[1], atac_likelihood),
+            },
+            **self._summary_dims(),
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            encode_covariates=encode_covariates,
+            library_log_means={
+                "rna": log_library_mean(np.asarray(rna.sum(axis=1))),
+                "atac": log_library_mean(np.asarray(atac.sum(axis=1))),
+            },
+            modality_dropout=modality_dropout,
+            alignment_weight=alignment_weight,
+            n_clusters=n_clusters,
+            straight_through=straight_through,
+        )
+        self._model_summary_string = (
+            f"MultiVAE: {rna.shape[1]:,} genes ({rna_likelihood}) + {atac.shape[1]:,} peaks "
+            f"({atac_likelihood}), n_latent {n_latent}, n_hidden {n_hidden}, "
+            f"n_batch {self._module_kwargs['n_batch']}"
+        )
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData | AnnData,
+        rna_mod: str = "rna",
+        atac_mod: str = "atac",
+        rna_layer: str | None = None,
+        atac_layer: str | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+    ) -> None:
+        """Validate paired RNA + ATAC data and remember which fields the model reads.
+
+        Nothing is written into ``mdata`` and its modalities are not reordered.
+
+        Parameters
+        ----------
+        mdata
+            MuData with an RNA and an ATAC modality, or one AnnData with
+            ``var['feature_types']`` (``"Gene Expression"`` / ``"Peaks"``).
+        rna_mod, atac_mod
+            Names of the modalities in ``mdata.mod``.
+        rna_layer, atac_layer
+            Layers with RNA counts and ATAC values (``None`` for ``.X``).
+        batch_key
+            Batch column (of ``mdata.obs``, or of a modality's obs).
+        categorical_covariate_keys, continuous_covariate_keys
+            More covariates the encoders and decoders are conditioned on.
+        """
+        args = {
+            "rna_mod": rna_mod,
+            "atac_mod": atac_mod,
+            "rna_layer": rna_layer,
+            "atac_layer": atac_layer,
+            "batch_key": batch_key,
+            "categorical_covariate_keys": list(categorical_covariate_keys or []) or None,
+            "continuous_covariate_keys": list(continuous_covariate_keys or []) or None,
+        }
+        rna, atac, cells, obs = _modalities(mdata, args)
+        check_shape(rna, where=f"mod[{rna_mod!r}]")
+        check_shape(atac, where=f"mod[{atac_mod!r}]")
+        rows_rna, rows_atac = _rows(rna, cells), _rows(atac, cells)
+        if not ((rows_rna >= 0) | (rows_atac >= 0)).any() or len(cells) == 0:
+            msg = f"mod[{rna_mod!r}] and mod[{atac_mod!r}] share no cells with mdata.obs_names."
+            raise ValueError(msg)
+        check_values(get_matrix(rna, rna_layer, where=f"mod[{rna_mod!r}]"), where=f"RNA ({rna_mod!r}, layer {rna_layer})")
+        atac_x = get_matrix(atac, atac_layer, where=f"mod[{atac_mod!r}]")
+        check_values(atac_x, where=f"ATAC ({atac_mod!r}, layer {atac_layer})", counts=False)
+        mods = [(rna_mod, rna), (atac_mod, atac)]
+        keys = [k for k in [batch_key, *(args["categorical_covariate_keys"] or [])] if k]
+        cont = args["continuous_covariate_keys"] or []
+        frame = pd.DataFrame({k: _column(k, obs, mods, cells) for k in [*keys, *cont]}, index=cells)
+        for k in [*keys, *cont]:
+            if frame[k].isna().any():
+                msg = f"covariate {k!r} is missing for {int(frame[k].isna().sum())} cells; fill it in mdata.obs."
+                raise ValueError(msg)
+        check_continuous(frame, cont, where="mdata.obs")
+        n_only = int(((rows_rna >= 0) ^ (rows_atac >= 0)).sum())
+        if n_only:
+            logger.info("%d cells have only one modality; they are embedded from it", n_only)
+        cls._remember_setup(mdata, args)
+
+    @classmethod
+    def setup_anndata(cls, adata: AnnData, **kwargs) -> None:
+        """Set up one Cell Ranger ARC AnnData (``var['feature_types']``); see :meth:`setup_mudata`."""
+        cls.setup_mudata(adata, **kwargs)
+
+    @classmethod
+    def _fields(cls, args: dict) -> list:
+        return [
+            LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False),
+            ObsmField(REGISTRY_KEYS.ATAC_KEY, "atac"),
+            *covariate_fields(args),
+        ]
+
+    @classmethod
+    def _feature_names(cls, data, args: dict) -> dict[str, pd.Index]:
+        rna, atac, _, _ = _modalities(data, args)
+        return {"rna": pd.Index(rna.var_names), "atac": pd.Index(atac.var_names)}
+
+    def _build_internal(self, data, args: dict) -> AnnData:
+        rna, atac, cells, obs = _modalities(data, args)
+        rows_rna, rows_atac = _rows(rna, cells), _rows(atac, cells)
+        x_rna = get_matrix(rna, args["rna_layer"], where="RNA")
+        check_values(x_rna, where="RNA counts")
+        x_atac = get_matrix(atac, args["atac_layer"], where="ATAC")
+        x_atac = sparse.csr_matrix(x_atac) if not sparse.issparse(x_atac) else x_atac
+        if getattr(self, "_atac_likelihood", "bernoulli") == "bernoulli":
+            values = x_atac.data
+            if values.size and not np.isin(values, (0, 1)).all():
+                warnings.warn(
+                    "ATAC values are not binary; binarising them (value > 0 -> 1) for the "
+                    "Bernoulli likelihood. Use `atac_likelihood='poisson'` for fragment counts.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                x_atac = (x_atac > 0).astype(np.float32)
+        else:
+            check_values(x_atac, where="ATAC counts")
+        self._report_empty_features(x_rna, x_atac)
+        mods = [(args["rna_mod"], rna), (args["atac_mod"], atac)]
+        keys = [
+            k
+            for k in [
+                args.get("batch_key"),
+                *(args.get("categorical_covariate_keys") or []),
+                *(args.get("continuous_covariate_keys") or []),
+            ]
+            if k
+        ]
+        frame = pd.DataFrame({k: _column(k, obs, mods, cells) for k in keys}, index=cells)
+        internal = AnnData(
+            X=_aligned(x_rna, rows_rna),
+            obs=_obs_frame(frame, keys, len(cells)),
+            var=pd.DataFrame(index=pd.RangeIndex(rna.n_vars).astype(str)),
+        )
+        internal.obsm["atac"] = sparse.csr_matrix(_aligned(x_atac, rows_atac), dtype=np.float32)
+        return internal
+
+    def _report_empty_features(self, x_rna, x_atac) -> None:
+        if getattr(self, "_reported_empty", False):
+            return
+        self._reported_empty = True
+        n_g = int((np.asarray(x_rna.sum(axis=0)).ravel() == 0).sum())
+        n_p = int((np.asarray(x_atac.sum(axis=0)).ravel() == 0).sum())
+        if n_g or n_p:
+            logger.warning(
+                "%d genes and %d peaks have no counts; their decoded rates are learned towards 0 "
+                "(filter them with sc.pp.filter_genes to save time)",
+                n_g,
+                n_p,
+            )
+
+    def _latent_targets(self, data) -> list:
+        if not isinstance(data, MuData):
+            return [(data, None)]
+        rna, atac, cells, _ = _modalities(data, self._setup_args)
+        out = [(data, None)]
+        for mod in (rna, atac):
+            out.append((mod, cells.get_indexer(mod.obs_names)))
+        return out
+
+    def _use(self, use_modality: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
+        if use_modality not in allowed:
+            msg = f"`use_modality={use_modality!r}` must be one of {list(allowed)}."
+            raise ValueError(msg)
+        return None if use_modality == "joint" else (use_modality,)
+
+    def get_normalized_expression(
+        self,
+        mdata: MuData | None = None,
+        *,
+        use_modality: Literal["joint", "atac"] = "joint",
+        indices: Sequence[int] | None = None,
+        transform_batch: str | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Normalised expression (cells x genes, rows sum to 1).
+
+        ``use_modality="atac"`` encodes each cell from its ATAC alone: expression imputed from
+        chromatin accessibility.
+
+        Parameters
+        ----------
+        mdata
+            Data set up like the training data (``None``: training data); may be new cells.
+        use_modality
+            Encoder(s) used: ``"joint"`` or ``"atac"``.
+        indices
+            Cells to use.
+        transform_batch
+            Decode under this batch.
+        batch_size
+            Minibatch size.
+        """
+        use = self._use(use_modality, ("joint", "atac"))
+        return self._decode(
+            mdata,
+            indices=indices,
+            transform_batch=transform_batch,
+            use_modalities=use,
+            batch_size=batch_size,
+        )["rna"]
+
+    def get_accessibility_estimates(
+        self,
+        mdata: MuData | None = None,
+        *,
+        use_modality: Literal["joint", "rna"] = "joint",
+        indices: Sequence[int] | None = None,
+        transform_batch: str | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Probability that each peak is accessible (cells x peaks).
+
+        With ``use_modality="rna"`` each cell is encoded from its RNA alone and its ATAC depth
+        is predicted from the latent: accessibility imputed from expression (nothing of the
+        cell's ATAC is used). With ``"joint"`` the observed depth is used where there is one.
+
+        Parameters
+        ----------
+        mdata
+            Data set up like the training data (``None``: training data); may be new cells.
+        use_modality
+            Encoder(s) used: ``"joint"`` or ``"rna"``.
+        indices
+            Cells to use.
+        transform_batch
+            Decode under this batch.
+        batch_size
+            Minibatch size.
+        """
+        use = self._use(use_modality, ("joint", "rna"))
+        return self._decode(
+            mdata,
+            indices=indices,
+            transform_batch=transform_batch,
+            use_modalities=use,
+            batch_size=batch_size,
+            observed_library=use is None,
+        )["atac"]
