@@ -95,3 +95,22 @@ def test_transform_batch_changes_decoding_only_through_batch():
     gin["cat_covs"] = [torch.zeros(16, 1, dtype=torch.long)]
     c = mod.generative(**gin)["rna"]["px"].scale
     torch.testing.assert_close(a, c)
+
+
+def test_sampled_bernoulli_likelihood_is_unbiased():
+    from scgenvae.distributions import FactorisedBernoulli
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(6, 8, generator=g)
+    w = torch.randn(500, 8, generator=g) * 0.3
+    b = torch.randn(500, generator=g) - 3
+    depth = torch.randn(6, 1, generator=g) * 0.2
+    rd = torch.ones(500)
+    px = FactorisedBernoulli(h, w, b, depth, rd)
+    x = (torch.rand(6, 500, generator=g) < px.probs).float().to_sparse_csr()
+    exact = px.log_prob_sum(x)
+    torch.testing.assert_close(exact, BernoulliLogits(px.logits).log_prob_sum(x.to_dense()))
+    torch.manual_seed(0)
+    est = torch.stack([px.log_prob_sum(x, n_sampled=50) for _ in range(2000)]).mean(0)
+    torch.testing.assert_close(est, exact, rtol=0.01, atol=0.5)
+    assert not torch.allclose(px.log_prob_sum(x, n_sampled=50), exact)

@@ -19,7 +19,7 @@ from torch.distributions import Normal, Poisson, kl_divergence
 
 from scgenvae._constants import MODULE_KEYS, REGISTRY_KEYS
 from scgenvae.distributions import (
-    BernoulliLogits,
+    FactorisedBernoulli,
     sparse_map_values,
     sparse_row_sums,
     to_dense,
@@ -103,7 +103,6 @@ class _Decoder(nn.Module):
         of ``p(log library | z)`` is used in its place).
         """
         h = self.trunk(z, cat_list, cont)
-        out = self.head(h)
         pl = Normal(self.library_head(z).squeeze(-1) + log_library_centre, self.library_log_sd.exp())
         if library is None:
             log_lib = pl.loc
@@ -113,12 +112,15 @@ class _Decoder(nn.Module):
             )
         lib = log_lib.exp().unsqueeze(-1)
         if self.likelihood == "bernoulli":
-            logits = out + self.region_bias + self.region_depth * (
-                log_lib - log_library_centre
-            ).unsqueeze(-1)
-            px = BernoulliLogits(logits=logits)
+            px = FactorisedBernoulli(
+                h,
+                self.head.weight,
+                self.head.bias + self.region_bias,
+                (log_lib - log_library_centre).unsqueeze(-1),
+                self.region_depth,
+            )
         else:
-            scale = torch.softmax(out, dim=-1)
+            scale = torch.softmax(self.head(h), dim=-1)
             mu = lib * scale
             if self.likelihood == "poisson":
                 px = Poisson(mu, validate_args=False)
@@ -181,6 +183,11 @@ class MultiModalVAEModule(BaseModuleClass):
     alignment_weight
         Weight of ``sum_m KL(q_joint || q_m)`` on paired cells, which pulls the single-modality
         posteriors onto the joint one.
+    n_sampled_peaks
+        Bernoulli likelihoods with more features than twice this: during training, score the
+        inaccessible part of the likelihood on this many peaks drawn per minibatch (unbiased,
+        see :class:`~scgenvae.distributions.FactorisedBernoulli`); ``None`` scores all peaks.
+        Evaluation always scores all peaks.
     n_clusters
         If set, the prior is a mixture of ``n_clusters`` Gaussians with a categorical ``c``
         inferred by a Gumbel-Softmax encoder (see :class:`GaussianMixturePrior`).
@@ -203,6 +210,7 @@ class MultiModalVAEModule(BaseModuleClass):
         alignment_weight: float = 1.0,
         n_clusters: int | None = None,
         straight_through: bool = False,
+        n_sampled_peaks: int | None = 4096,
     ):
         super().__init__()
         if not modalities:
@@ -214,6 +222,7 @@ class MultiModalVAEModule(BaseModuleClass):
         self.modality_dropout = modality_dropout
         self.alignment_weight = alignment_weight
         self.encode_covariates = encode_covariates
+        self.n_sampled_peaks = n_sampled_peaks
         cats = (n_batch, *n_cats_per_cov)
         self.library_log_means = {
             m: float((library_log_means or {}).get(m, 0.0)) for m in self.modalities
@@ -425,7 +434,9 @@ class MultiModalVAEModule(BaseModuleClass):
             px = generative_outputs[m][MODULE_KEYS.PX_KEY]
             obs = observed[m].to(torch.float32)
             if spec.likelihood == "bernoulli":
-                ll = px.log_prob_sum(x)
+                k = self.n_sampled_peaks
+                use_k = self.training and k is not None and spec.n_input > 2 * k
+                ll = px.log_prob_sum(x, n_sampled=k if use_k else None)
                 pl = generative_outputs[m][MODULE_KEYS.LIBRARY_KEY]
                 ll = ll + pl.log_prob(torch.log(libraries[m].clamp(min=1.0)))
             else:
