@@ -46,8 +46,8 @@ def _read_h5mu(path: Path) -> MuData:
     import mudata as md
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        md.set_options(pull_on_update=False)
+        # the bundled files were converted with h5py directly, so they lack mudata's header
+        warnings.filterwarnings("ignore", message="The HDF5 file was not created by muon/mudata")
         return md.read_h5mu(path)
 
 
@@ -99,7 +99,7 @@ def tricycle_neurosphere() -> ad.AnnData:
 
 
 def tricycle_reference():
-    """tricycle's reference loadings (500 mouse genes x 2 cell-cycle PCs) as a DataFrame."""
+    """tricycle's reference loadings: 500 mouse genes, columns `pc1.rot`, `pc2.rot`, `ensembl`, `symbol`, `SYMBOL`."""
     import pandas as pd
 
     return pd.read_csv(_path("tricycle_reference"), index_col=0)
