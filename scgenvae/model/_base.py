@@ -67,6 +67,9 @@ class ScgenvaeTrainingPlan(TrainingPlan):
         Temperature at the first epoch and its floor.
     n_epochs_tau_anneal
         Epochs over which ``tau`` decays geometrically from ``tau_start`` to ``tau_min``.
+    cluster_init_epoch
+        With a discrete latent: epochs of plain-VAE warm-up before the mixture components are
+        placed on k-means clusters of the posterior means (the tau schedule starts then).
     seed
         Seed torch (and Lightning) right before the first epoch, so that training is
         reproducible whatever ran before in the process.
@@ -81,11 +84,13 @@ class ScgenvaeTrainingPlan(TrainingPlan):
         tau_start: float = 1.0,
         tau_min: float = 0.3,
         n_epochs_tau_anneal: int | None = 100,
+        cluster_init_epoch: int = 10,
         seed: int | None = None,
         **kwargs,
     ):
         super().__init__(module, **kwargs)
         self.seed = seed
+        self.cluster_init_epoch = cluster_init_epoch
         self.tau_start = tau_start
         self.tau_min = tau_min
         self.n_epochs_tau_anneal = n_epochs_tau_anneal
@@ -99,12 +104,32 @@ class ScgenvaeTrainingPlan(TrainingPlan):
 
             seed_everything(self.seed, verbose=False)
 
+    def on_train_epoch_start(self) -> None:
+        """Initialise the mixture prior from the latent after the warm-up epochs."""
+        prior = self.module.prior
+        if (
+            getattr(prior, "n_clusters", None)
+            and not bool(prior.initialised)
+            and self.current_epoch >= self.cluster_init_epoch
+        ):
+            was_training = self.module.training
+            self.module.eval()
+            means = []
+            with torch.no_grad():
+                for batch in self.trainer.datamodule.train_dataloader():
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    out = self.module.inference(**self.module._get_inference_input(batch))
+                    means.append(out[MODULE_KEYS.QZ_KEY].loc)
+            prior.initialise(torch.cat(means), seed=self.seed or 0)
+            self.module.train(was_training)
+
     @property
     def tau(self) -> float:
         """Current Gumbel-Softmax temperature."""
         if not self.n_epochs_tau_anneal:
             return self.tau_min
-        frac = min(1.0, self.current_epoch / self.n_epochs_tau_anneal)
+        epoch = max(0, self.current_epoch - self.cluster_init_epoch)
+        frac = min(1.0, epoch / self.n_epochs_tau_anneal)
         return float(self.tau_start * (self.tau_min / self.tau_start) ** frac)
 
     def training_step(self, batch, batch_idx):
@@ -316,7 +341,10 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         if n_epochs_kl_warmup is None:
             n_epochs_kl_warmup = min(100, max(1, max_epochs // 4))
         plan_kwargs.setdefault("n_epochs_kl_warmup", n_epochs_kl_warmup)
-        plan_kwargs.setdefault("n_epochs_tau_anneal", max(1, int(0.75 * max_epochs)))
+        plan_kwargs.setdefault("cluster_init_epoch", max(1, min(50, max_epochs // 5)))
+        plan_kwargs.setdefault(
+            "n_epochs_tau_anneal", max(1, int(0.6 * (max_epochs - plan_kwargs["cluster_init_epoch"])))
+        )
         trainer_kwargs.setdefault("enable_checkpointing", False)
         if early_stopping:
             trainer_kwargs.setdefault("early_stopping_monitor", "elbo_validation")

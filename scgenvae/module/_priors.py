@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,16 +61,23 @@ def gumbel_softmax_sample(
 
 
 class GaussianMixturePrior(nn.Module):
-    """p(c) uniform, p(z | c) = N(mu_c, diag sigma_c^2); q(c | x) relaxed with Gumbel-Softmax.
+    """p(c) uniform, p(z | c) = N(mu_c, diag sigma^2); q(c | x) relaxed with Gumbel-Softmax.
 
-    ``q(c | x)`` is a small network on the posterior mean of ``z`` (a function of ``x``). During
-    training, ``c`` is drawn from the Gumbel-Softmax relaxation at temperature ``tau`` and
+    ``q(c | x)`` has logits ``-KL(q(z|x) || p(z|c=k))``: for a given encoder output this is the
+    ``q(c)`` that maximises the ELBO (with a uniform ``p(c)``), so cluster assignment follows the
+    geometry of the latent space and needs no separate classifier that could drift from it.
+    During training, ``c`` is drawn from the Gumbel-Softmax relaxation at temperature ``tau`` and
 
     - ``kl_z = sum_k c_k KL(q(z|x) || p(z|c=k))`` (analytic Gaussian KLs weighted by the sample);
     - ``kl_c = KL(Cat(q(c|x)) || Uniform)``, analytic on the underlying categorical logits.
 
     Outside training, ``kl_z`` uses the exact expectation over ``q(c | x)`` (marginalised, no
-    sampling). Components start spread on a sphere so that none starts empty.
+    sampling).
+
+    Empty or collapsed components: until :meth:`initialise` is called the prior acts as
+    ``N(0, I)`` (a plain VAE warm-up); the training plan then fits k-means to the posterior
+    means and places one component on each k-means cluster (mean and spread), so every
+    component starts with cells, and trains everything end to end from there.
     """
 
     def __init__(
@@ -90,10 +98,24 @@ class GaussianMixturePrior(nn.Module):
         init = torch.randn(n_clusters, n_latent, generator=gen)
         init = 2.0 * init / init.norm(dim=1, keepdim=True)
         self.means = nn.Parameter(init)
-        self.log_scales = nn.Parameter(torch.zeros(n_clusters, n_latent))
-        self.classifier = nn.Sequential(
-            nn.Linear(n_latent, n_hidden), nn.LayerNorm(n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_clusters)
-        )
+        # one diagonal scale shared by all components ("tied" mixture): a component cannot
+        # become broad and absorb its neighbours, nor narrow and lose all its cells
+        self.log_scales = nn.Parameter(torch.zeros(1, n_latent))
+        self.register_buffer("initialised", torch.tensor(False))
+        del n_hidden
+
+    @torch.no_grad()
+    def initialise(self, z_means: torch.Tensor, *, seed: int = 0) -> None:
+        """Place the components on k-means clusters of posterior means (cells x n_latent)."""
+        from sklearn.cluster import KMeans
+
+        z = z_means.detach().cpu().double().numpy()
+        km = KMeans(self.n_clusters, n_init=10, random_state=seed).fit(z)
+        self.means.copy_(torch.as_tensor(km.cluster_centers_, dtype=self.means.dtype))
+        within = z - km.cluster_centers_[km.labels_]
+        spread = np.maximum(within.std(0), 0.05)
+        self.log_scales.copy_(torch.log(torch.as_tensor(spread, dtype=self.means.dtype)).unsqueeze(0))
+        self.initialised.fill_(True)
 
     def component_kl(self, qz: Normal) -> torch.Tensor:
         """cells x K matrix of ``KL(q(z|x) || p(z|c=k))``."""
@@ -106,7 +128,7 @@ class GaussianMixturePrior(nn.Module):
 
     def cluster_logits(self, qz: Normal) -> torch.Tensor:
         """Logits of ``q(c | x)`` (cells x K)."""
-        return self.classifier(qz.loc)
+        return -self.component_kl(qz)
 
     def infer_cluster(self, qz: Normal) -> dict[str, torch.distributions.Distribution]:
         """Return ``qc``, the categorical posterior of the cluster."""
@@ -121,6 +143,10 @@ class GaussianMixturePrior(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Per-cell ``kl_z`` and ``kl_c`` (see the class docstring)."""
         del z
+        if not bool(self.initialised):
+            out = StandardNormalPrior.kl(self, qz, None, inference_outputs)
+            out["kl_c"] = torch.zeros_like(out["kl_z"])
+            return out
         qc: Categorical = inference_outputs[MODULE_KEYS.QC_KEY]
         comp = self.component_kl(qz)
         if self.training and tau is not None:

@@ -1,0 +1,84 @@
+"""Discrete latent: the Gumbel-Softmax relaxation itself, and clustering with models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from scgenvae.model import PoissonVAE
+from scgenvae.module import GaussianMixturePrior, gumbel_softmax_sample
+
+
+def test_samples_approach_one_hot_as_tau_falls():
+    logits = torch.randn(2000, 5, generator=torch.Generator().manual_seed(0))
+    gaps = []
+    for tau in (5.0, 1.0, 0.3, 0.05):
+        s = gumbel_softmax_sample(logits, tau, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(s.sum(-1), torch.ones(2000))
+        gaps.append(float((1 - s.max(-1).values).mean()))
+    assert gaps == sorted(gaps, reverse=True)
+    assert gaps[-1] < 0.05
+    assert gaps[0] > 0.5
+
+
+def test_argmax_of_sample_follows_categorical_probabilities():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, 3)
+    s = gumbel_softmax_sample(logits, 0.5, generator=torch.Generator().manual_seed(2))
+    freq = torch.bincount(s.argmax(-1), minlength=3).float() / 20000
+    torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.02, rtol=0)
+
+
+def test_gradients_flow_through_the_soft_sample():
+    logits = torch.randn(8, 4, requires_grad=True)
+    w = torch.randn(4)
+    s = gumbel_softmax_sample(logits, 0.5)
+    (s * w).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_straight_through_is_one_hot_forwards_with_soft_gradients():
+    logits = torch.randn(8, 4, requires_grad=True)
+    s = gumbel_softmax_sample(logits, 0.5, hard=True)
+    assert set(s.detach().unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(s.detach().sum(-1), torch.ones(8))
+    (s * torch.randn(4)).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_mixture_prior_kl_terms():
+    prior = GaussianMixturePrior(3, 2, n_hidden=8)
+    prior.initialised.fill_(True)
+    prior.eval()
+    qz = torch.distributions.Normal(prior.means.detach()[[0, 1, 2]], torch.ones(3, 2))
+    comp = prior.component_kl(qz)
+    assert torch.allclose(torch.diagonal(comp), torch.zeros(3), atol=1e-6)  # q equals p(z|c=k)
+    assert (comp - torch.diag(torch.diagonal(comp)) >= 0).all()
+    out = prior.kl(qz, None, prior.infer_cluster(qz))
+    assert (out["kl_c"] >= -1e-6).all()  # KL to the uniform prior is non-negative
+    assert out["kl_z"].shape == (3,)
+
+
+def test_poissonvae_clusters_synthetic_groups(adata, quiet):
+    PoissonVAE.setup_anndata(adata, batch_key="batch")
+    model = PoissonVAE(adata, n_latent=4, n_clusters=3)
+    model.train(max_epochs=80, seed=0, **quiet)
+    probs = model.get_cluster_probabilities()
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    labels = model.get_cluster_assignments()
+    assert adjusted_rand_score(adata.obs["group"], labels) > 0.9
+    assert "tau_train" in model.history or any("tau" in k for k in model.history)
+    model.export_latent(adata)
+    assert adata.obs["scgenvae_cluster"].dtype == "category"
+    assert adata.obsm["scgenvae_cluster_probs"].shape == (200, 3)
+
+
+def test_cluster_methods_need_a_discrete_latent(adata, quiet):
+    PoissonVAE.setup_anndata(adata)
+    model = PoissonVAE(adata, n_latent=4)
+    model.train(max_epochs=1, **quiet)
+    with pytest.raises(ValueError, match="n_clusters"):
+        model.get_cluster_probabilities()
