@@ -125,13 +125,16 @@ class FactorisedBernoulli(BernoulliLogits):
         n_peaks = self.weight.shape[0]
         if n_sampled is None or n_sampled >= n_peaks:
             return super().log_prob_sum(x)
-        if x.layout == torch.strided:
-            x = x.to_sparse_csr()
-        rows, cols, vals = _row_index(x)
-        pos_logits = (self.h[rows] * self.weight[cols]).sum(-1) + self.bias[cols]
-        pos_logits = pos_logits + self.region_depth[cols] * self.depth[rows, 0]
-        pos = torch.zeros(self.h.shape[0], dtype=self.h.dtype, device=self.h.device)
-        pos.index_add_(0, rows, vals.to(self.h.dtype) * pos_logits)
+        if x.layout != torch.sparse_csr:
+            x = x.to_sparse_csr() if x.layout == torch.strided else x.coalesce().to_sparse_csr()
+        crow, cols, vals = x.crow_indices(), x.col_indices(), x.values().to(self.h.dtype)
+        # sum_j x_j logit_j is linear in the logits: h . (sum_j x_j W_j) + sum_j x_j (b_j + a_j d)
+        w_sum = F.embedding_bag(cols, self.weight, offsets=crow[:-1], mode="sum", per_sample_weights=vals)
+        b_sum = F.embedding_bag(
+            cols, torch.stack([self.bias, self.region_depth], 1), offsets=crow[:-1], mode="sum",
+            per_sample_weights=vals,
+        )
+        pos = (self.h * w_sum).sum(-1) + b_sum[:, 0] + b_sum[:, 1] * self.depth[:, 0]
         sampled = torch.randperm(n_peaks, device=self.h.device)[:n_sampled]
         neg = F.softplus(self._columns(sampled)).sum(-1) * (n_peaks / n_sampled)
         return pos - neg

@@ -252,7 +252,13 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 )
                 raise ValueError(msg)
         internal = self._build_internal(data, self._setup_args)
-        self._validate_anndata(internal)
+        scvi_logger = logging.getLogger("scvi")
+        level = scvi_logger.level
+        scvi_logger.setLevel(logging.WARNING)  # the transfer notice concerns our internal object
+        try:
+            self._validate_anndata(internal)
+        finally:
+            scvi_logger.setLevel(level)
         return internal
 
     def _make_module(self, **module_kwargs):

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ._base import CovariateInjection, FCLayers, GaussianEncoder, reparameterize
+from ._base import CovariateInjection, FCLayers, GaussianEncoder, SparseLinear, reparameterize
 
-__all__ = ["CovariateInjection", "FCLayers", "GaussianEncoder", "reparameterize"]
+__all__ = ["CovariateInjection", "FCLayers", "GaussianEncoder", "SparseLinear", "reparameterize"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal
 
@@ -49,6 +50,39 @@ class CovariateInjection(nn.Module):
         return h
 
 
+class SparseLinear(nn.Module):
+    """``x W + b`` for dense or sparse (CSR/COO) ``x``, with ``W`` stored features x outputs.
+
+    For sparse input the product is an ``embedding_bag`` sum over each row's non-zero features
+    (weighted by their values): the cost scales with the non-zeros, no minibatch is densified,
+    and the weight's gradient only touches the rows of features present in the minibatch.
+    """
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        bound = 1.0 / n_in**0.5
+        self.weight = nn.Parameter(torch.empty(n_in, n_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x @ weight + bias``."""
+        if x.layout == torch.strided:
+            return torch.addmm(self.bias, x, self.weight)
+        if x.layout == torch.sparse_csr:
+            crow, cols, vals = x.crow_indices(), x.col_indices(), x.values()
+        else:
+            x = x.coalesce().to_sparse_csr()
+            crow, cols, vals = x.crow_indices(), x.col_indices(), x.values()
+        out = F.embedding_bag(
+            cols,
+            self.weight,
+            offsets=crow[:-1],
+            mode="sum",
+            per_sample_weights=vals.to(self.weight.dtype),
+        )
+        return out + self.bias
+
+
 class FCLayers(nn.Module):
     """A stack of ``Linear -> covariates -> LayerNorm -> ReLU -> Dropout`` layers.
 
@@ -70,8 +104,8 @@ class FCLayers(nn.Module):
     dropout_rate
         Dropout after each layer.
     sparse_input
-        The input of the first layer is a sparse tensor (for wide ATAC matrices): the
-        first product is a sparse-dense matmul, so a minibatch is never densified.
+        The first layer is a :class:`SparseLinear`, which takes sparse minibatches (wide ATAC
+        matrices) without densifying them.
     """
 
     def __init__(
@@ -91,8 +125,10 @@ class FCLayers(nn.Module):
             raise ValueError(msg)
         self.sparse_input = sparse_input
         dims = [n_in] + [n_out] * n_layers
+        first = SparseLinear(dims[0], dims[1]) if sparse_input else nn.Linear(dims[0], dims[1])
         self.linears = nn.ModuleList(
-            [nn.Linear(d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:], strict=True)]
+            [first]
+            + [nn.Linear(d_in, d_out) for d_in, d_out in zip(dims[1:-1], dims[2:], strict=True)]
         )
         self.injections = nn.ModuleList(
             [CovariateInjection(n_out, n_cats_per_cov, n_continuous_cov) for _ in range(n_layers)]
@@ -111,10 +147,9 @@ class FCLayers(nn.Module):
         for i, (linear, inject, norm) in enumerate(
             zip(self.linears, self.injections, self.norms, strict=True)
         ):
-            if i == 0 and h.layout != torch.strided:
-                h = torch.sparse.mm(h, linear.weight.t()) + linear.bias
-            else:
-                h = linear(h)
+            if i == 0 and h.layout != torch.strided and not self.sparse_input:
+                h = h.to_dense()
+            h = linear(h)
             h = inject(h, cat_list, cont)
             h = self.dropout(torch.relu(norm(h)))
         return h

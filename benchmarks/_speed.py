@@ -1,0 +1,378 @@
+"""Speed jobs run inside a worker process: build one model, train it, time its epochs.
+
+Also the analytic FLOP counts of each model and the matmul reference throughput. Imported only
+by ``_worker.py`` (the orchestrator ``run.py`` never imports torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+
+OURS = ("MultiVAE", "PoissonVAE")
+MULTIOME = ("MultiVAE", "MULTIVI")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class EpochTimer(Callback):
+    """Wall time of each training epoch; optionally streams progress to a JSON file.
+
+    The progress file lets the orchestrator report how far a run got when it had to be killed
+    at its time limit (cells done and seconds spent in the current epoch).
+    """
+
+    def __init__(self, progress_file: str | None = None, every: int = 10):
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.progress_file = progress_file
+        self.every = every
+        self._cells = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.starts.append(time.perf_counter())
+        self._cells = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.progress_file is None:
+            return
+        self._cells += _batch_cells(batch)
+        if batch_idx % self.every == 0:
+            elapsed = time.perf_counter() - self.starts[-1]
+            Path(self.progress_file).write_text(
+                json.dumps({"epoch": len(self.starts), "cells": self._cells, "seconds": elapsed})
+            )
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.ends.append(time.perf_counter())
+
+    @property
+    def seconds(self) -> list[float]:
+        """Seconds of each completed epoch."""
+        return [e - s for s, e in zip(self.starts, self.ends, strict=False)]
+
+
+def _batch_cells(batch) -> int:
+    for value in batch.values():
+        if hasattr(value, "shape") and len(value.shape) >= 1:
+            return int(value.shape[0])
+    return 0
+
+
+def median_epoch(seconds: list[float]) -> float:
+    """Median of epochs 2-5 (1-based); the first epoch is warm-up. Falls back to what exists."""
+    steady = seconds[1:5] or seconds
+    return float(statistics.median(steady))
+
+
+# --------------------------------------------------------------------------- FLOPs
+def flops_per_cell(
+    model: str,
+    *,
+    n_genes: int,
+    n_peaks: int = 0,
+    n_hidden: int,
+    n_layers: int,
+    n_latent: int,
+    n_batch: int,
+    nnz_peaks: float = 0.0,
+    n_sampled_peaks: int = 4096,
+) -> dict:
+    """Dense matmul multiply-adds of one training step, per cell, from the layer sizes.
+
+    Each linear layer ``n_in -> n_out`` costs ``n_in * n_out`` multiply-adds (MACs) forward,
+    the same again for the weight gradient and again for the input gradient, except for a
+    layer whose input is the data (no input gradient). FLOPs = 2 x MACs. Element-wise work
+    (activations, norms, likelihoods, embeddings lookups) is not counted.
+    """
+    g, p, h, n_l, d, nb = n_genes, n_peaks, n_hidden, n_layers, n_latent, n_batch
+    hh = (n_l - 1) * h * h  # hidden-to-hidden layers of one stack
+    layers: list[tuple[str, float, bool]] = []  # (name, forward MACs, input is data)
+    if model in ("MultiVAE", "PoissonVAE"):
+        # FCLayers inject covariates with embeddings (lookups, no MACs)
+        layers += [("rna encoder in", g * h, True), ("rna encoder", hh + 2 * h * d, False)]
+        layers += [("rna decoder", d * h + hh + d, False), ("rna head", h * g, False)]
+        if model == "MultiVAE":
+            # ATAC arrives as a sparse CSR minibatch: the first layer costs nnz x H
+            layers += [("atac encoder in (sparse)", nnz_peaks * h, True)]
+            layers += [("atac encoder", hh + 2 * h * d, False), ("atac decoder", d * h + hh + d, False)]
+            if p > 2 * n_sampled_peaks:
+                # training scores the accessible peaks (a gather) + n_sampled peaks per minibatch
+                layers += [("atac head (sampled)", h * (n_sampled_peaks + nnz_peaks), False)]
+            else:
+                layers += [("atac head", h * p, False)]
+        formula = _FORMULA_OURS[model]
+    elif model == "SCVI":
+        # scvi VAE: deeply_inject_covariates=True (one-hot batch into each decoder layer),
+        # encode_covariates=False; decoder computes px_scale and px_dropout heads.
+        layers += [("encoder in", g * h, True), ("encoder", hh + 2 * h * d, False)]
+        layers += [("decoder", (d + nb) * h + (n_l - 1) * (h + nb) * h, False)]
+        layers += [("px_scale + px_dropout heads", 2 * h * g, False)]
+        formula = _FORMULA_SCVI
+    elif model == "MULTIVI":
+        dec_in = (d + nb) * h + hh  # covariates one-hot into the first layer only
+        layers += [("expression encoders in (z, library)", 2 * g * h, True)]
+        layers += [("expression encoders", 2 * hh + 2 * h * d + h, False)]
+        layers += [("expression decoder", dec_in + 2 * h * g, False)]
+        layers += [("accessibility encoders in (z, library)", 2 * p * h, True)]
+        layers += [("accessibility encoders", 2 * hh + 2 * h * d + h, False)]
+        layers += [("accessibility decoder", dec_in + h * p, False)]
+        # protein branch runs on a dummy 1-column input even without proteins
+        layers += [("protein encoder", h + hh + 2 * h * d, False)]
+        layers += [("protein decoder (3 stacks)", 3 * dec_in, False)]
+        if nb > 1:  # adversarial batch classifier, run twice per step
+            layers += [("adversarial classifier x2", 2 * (d * 32 + 32 * 32 + 32 * nb), False)]
+        formula = _FORMULA_MULTIVI
+    else:
+        msg = f"unknown model {model!r}"
+        raise ValueError(msg)
+    forward = sum(m for _, m, _ in layers)
+    train = sum(m * (2 if data else 3) for _, m, data in layers)
+    return {"forward_macs": forward, "train_flops": 2 * train, "formula": formula}
+
+
+_FORMULA_OURS = {
+    "PoissonVAE": "2*[2*G*H + 3*((L-1)*H^2 + 2*H*d) + 3*(d*H + (L-1)*H^2 + d) + 3*H*G]",
+    "MultiVAE": (
+        "2*[2*G*H + 3*((L-1)*H^2 + 2*H*d) + 3*(d*H + (L-1)*H^2 + d) + 3*H*G"
+        " + 2*nnz*H + 3*((L-1)*H^2 + 2*H*d) + 3*(d*H + (L-1)*H^2 + d)"
+        " + 3*H*(k + nnz) (P > 2k; else 3*H*P)]"
+    ),
+}
+_FORMULA_SCVI = "2*[2*G*H + 3*((L-1)*H^2 + 2*H*d) + 3*((d+B)*H + (L-1)*(H+B)*H) + 3*2*H*G]"
+_FORMULA_MULTIVI = (
+    "2*[2*2*G*H + 3*(2*(L-1)*H^2 + 2*H*d + H) + 3*(D + 2*H*G)"
+    " + 2*2*P*H + 3*(2*(L-1)*H^2 + 2*H*d + H) + 3*(D + H*P)"
+    " + 3*(H + (L-1)*H^2 + 2*H*d) + 3*3*D + 3*2*(32*d + 32^2 + 32*B)],"
+    " D = (d+B)*H + (L-1)*H^2"
+)
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """Float32 ``n x n @ n x n`` throughput at the current torch thread count (median)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        torch.matmul(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def env_job(job: dict) -> dict:
+    """Versions, thread count and the matmul reference throughput."""
+    import lightning
+    import scvi
+    import torch
+
+    import scgenvae
+
+    return {
+        "torch": torch.__version__,
+        "scvi": scvi.__version__,
+        "lightning": lightning.__version__,
+        "scgenvae": scgenvae.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "matmul_gflops": matmul_gflops(job.get("matmul_n", 1024)),
+        "matmul_n": job.get("matmul_n", 1024),
+    }
+
+
+# --------------------------------------------------------------------------- data
+def make_synthetic_job(job: dict) -> dict:
+    """Workload 1 data from ``scgenvae.datasets.synthetic_multiome``, written to an h5mu."""
+    import scgenvae
+
+    t0 = time.perf_counter()
+    mdata = scgenvae.datasets.synthetic_multiome(
+        job["n_obs"],
+        job["n_genes"],
+        job["n_peaks"],
+        n_batches=3,
+        peak_density=0.05,
+        rng=0,
+    )
+    mdata.write(job["path"])
+    return {**_data_stats(mdata), "seconds": time.perf_counter() - t0}
+
+
+def make_scale_job(job: dict) -> dict:
+    """Workload 4 data from the memory-light sparse generator, written as raw arrays."""
+    from _sparse import save, sparse_multiome
+
+    t0 = time.perf_counter()
+    rna, atac, batch, _ = sparse_multiome(
+        job["n_obs"], job["n_genes"], job["n_peaks"], peak_density=job["peak_density"], rng=0
+    )
+    save(Path(job["path"]), rna, atac, batch)
+    return {
+        "n_obs": rna.shape[0],
+        "n_genes": rna.shape[1],
+        "n_peaks": atac.shape[1],
+        "rna_density": rna.nnz / (rna.shape[0] * rna.shape[1]),
+        "atac_density": atac.nnz / (atac.shape[0] * atac.shape[1]),
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def _data_stats(mdata) -> dict:
+    rna, atac = mdata.mod["rna"].X, mdata.mod["atac"].X
+    return {
+        "n_obs": int(mdata.n_obs),
+        "n_genes": int(rna.shape[1]),
+        "n_peaks": int(atac.shape[1]),
+        "rna_density": rna.nnz / (rna.shape[0] * rna.shape[1]),
+        "atac_density": atac.nnz / (atac.shape[0] * atac.shape[1]),
+    }
+
+
+def _load(job: dict):
+    if job["data"] == "h5mu":
+        import mudata as md
+
+        return md.read_h5mu(job["path"])
+    from _sparse import load_mudata
+
+    return load_mudata(Path(job["path"]))
+
+
+# --------------------------------------------------------------------------- models
+def build_model(name: str, mdata, *, n_hidden: int, n_layers: int, n_latent: int):
+    """One of the four models, set up on ``mdata`` (RNA-only models use ``mdata.mod['rna']``)."""
+    if name in OURS:
+        import scgenvae
+
+        if name == "MultiVAE":
+            scgenvae.model.MultiVAE.setup_mudata(mdata, batch_key="batch")
+            return scgenvae.model.MultiVAE(
+                mdata, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers
+            )
+        rna = mdata.mod["rna"]
+        scgenvae.model.PoissonVAE.setup_anndata(rna, batch_key="batch")
+        return scgenvae.model.PoissonVAE(rna, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers)
+    import scvi
+
+    if name == "MULTIVI":
+        scvi.model.MULTIVI.setup_mudata(
+            mdata, batch_key="batch", modalities={"rna_layer": "rna", "atac_layer": "atac"}
+        )
+        return scvi.model.MULTIVI(
+            mdata,
+            gene_likelihood="poisson",
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers_encoder=n_layers,
+            n_layers_decoder=n_layers,
+        )
+    if name == "SCVI":
+        rna = mdata.mod["rna"]
+        scvi.model.SCVI.setup_anndata(rna, batch_key="batch")
+        return scvi.model.SCVI(
+            rna, gene_likelihood="poisson", n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers
+        )
+    msg = f"unknown model {name!r}"
+    raise ValueError(msg)
+
+
+def train_model(model, name: str, *, max_epochs: int, batch_size: int, callbacks: list) -> None:
+    """Train on all cells, no validation and no early stopping, for exactly ``max_epochs``."""
+    common = {
+        "max_epochs": max_epochs,
+        "batch_size": batch_size,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "callbacks": callbacks,
+    }
+    if name in OURS:
+        # train_size defaults to 1.0 when early_stopping is False
+        model.train(seed=0, early_stopping=False, **common)
+        return
+    import scvi
+
+    scvi.settings.seed = 0
+    model.train(train_size=1.0, early_stopping=False, check_val_every_n_epoch=None, **common)
+
+
+def speed_job(job: dict) -> dict:
+    """Train ``job['model']`` on the job's data and report epoch times, RSS and FLOPs."""
+    import torch
+
+    t0 = time.perf_counter()
+    mdata = _load(job)
+    load_s = time.perf_counter() - t0
+    rss_data = peak_rss_mib()
+    stats = _data_stats(mdata)
+    n_batch = int(mdata.obs["batch"].nunique())
+    atac = mdata.mod["atac"].X
+    nnz_peaks = atac.nnz / atac.shape[0]
+    name = job["model"]
+    model = build_model(
+        name, mdata, n_hidden=job["n_hidden"], n_layers=job["n_layers"], n_latent=job["n_latent"]
+    )
+    timer = EpochTimer(progress_file=job.get("progress_file"))
+    t1 = time.perf_counter()
+    train_model(
+        model, name, max_epochs=job["epochs"], batch_size=job["batch_size"], callbacks=[timer]
+    )
+    wall = time.perf_counter() - t1
+    flops = flops_per_cell(
+        name,
+        n_genes=stats["n_genes"],
+        n_peaks=stats["n_peaks"] if name in MULTIOME else 0,
+        n_hidden=job["n_hidden"],
+        n_layers=job["n_layers"],
+        n_latent=job["n_latent"],
+        n_batch=n_batch,
+        nnz_peaks=nnz_peaks,
+    )
+    return {
+        **stats,
+        "model": name,
+        "batch_size": job["batch_size"],
+        "epochs": job["epochs"],
+        "epoch_seconds": timer.seconds,
+        "median_epoch_seconds": median_epoch(timer.seconds),
+        "train_wall_seconds": wall,
+        "load_seconds": load_s,
+        "rss_after_data_mib": rss_data,
+        "peak_rss_mib": peak_rss_mib(),
+        "nnz_peaks_per_cell": nnz_peaks,
+        "torch_threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+        **flops,
+    }
+
+
+def summarise(result: dict, matmul_gflops: float) -> dict:
+    """Cells per second, achieved GFLOP/s and the fraction of the matmul reference."""
+    med = result["median_epoch_seconds"]
+    cps = result["n_obs"] / med if med > 0 else float("nan")
+    gflops = result["train_flops"] * cps / 1e9
+    return {
+        "cells_per_second": cps,
+        "achieved_gflops": gflops,
+        "fraction_of_matmul": gflops / matmul_gflops if matmul_gflops else float("nan"),
+    }
+
+
+def nan_safe_median(values: list[float]) -> float:
+    """Median ignoring NaNs (NaN if nothing is left)."""
+    vals = [v for v in values if not np.isnan(v)]
+    return float(statistics.median(vals)) if vals else float("nan")
