@@ -5,7 +5,7 @@ matrix, which for 200,000 cells x 50,000 peaks would be 80 GB. Here cells are ge
 chunks, RNA as a dense chunk of cells x genes at a time, and ATAC directly as the column indices
 of the accessible peaks of each cell, so memory stays at the size of the final CSR matrices.
 
-Generative process (seeded, chunk-independent results for a given ``chunk_size``):
+Generative process (seeded; the result depends on ``rng`` and ``chunk_size``):
 
 - each cell has a group ``g`` (``n_groups``), a batch ``b`` (``n_batches``) and a latent
   ``z = centre_g + noise`` (5 dimensions);
@@ -13,19 +13,26 @@ Generative process (seeded, chunk-independent results for a given ``chunk_size``
 - ATAC: the number of accessible peaks ``k ~ Binomial(n_peaks, density * exp(depth))``; each
   accessible peak comes, with probability 1/2, from the block of peaks open in the cell's group,
   otherwise from all peaks (duplicates are merged, so the realised density is slightly lower).
+
+Chunks of ``chunk_size`` cells (a dense boolean chunk x peaks array is the largest temporary).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 _N_LATENT = 5
 
 
-def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_cols: int) -> sparse.csr_matrix:
+def _stack(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_cols: int
+) -> sparse.csr_matrix:
     """One CSR matrix from per-chunk ``(data, indices, row_counts)`` without a second copy."""
     nnz = sum(len(p[0]) for p in parts)
     idx_dtype = np.int32 if nnz < np.iinfo(np.int32).max else np.int64
@@ -52,7 +59,7 @@ def sparse_multiome(
     n_groups: int = 10,
     peak_density: float = 0.03,
     library_mean: float = 3000.0,
-    chunk_size: int = 5000,
+    chunk_size: int = 1000,
     rng: int | np.random.Generator = 0,
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix, np.ndarray, np.ndarray]:
     """RNA counts (CSR float32), binary ATAC (CSR float32), batch codes and group codes."""
@@ -65,6 +72,7 @@ def sparse_multiome(
     batch = rng.integers(n_batches, size=n_obs)
     group = rng.integers(n_groups, size=n_obs)
     rna_parts, atac_parts = [], []
+    mask = np.zeros((min(chunk_size, n_obs), n_peaks), dtype=bool)
     for start in range(0, n_obs, chunk_size):
         sl = slice(start, min(start + chunk_size, n_obs))
         g, b = group[sl], batch[sl]
@@ -80,19 +88,22 @@ def sparse_multiome(
         del logits, probs, x
         depth = rng.normal(scale=0.3, size=n) + 0.1 * (b - (n_batches - 1) / 2)
         k = rng.binomial(n_peaks, np.clip(peak_density * np.exp(depth), 0.0, 1.0))
-        rows = np.repeat(np.arange(n, dtype=np.int64), k)
+        rows = np.repeat(np.arange(n), k)
         from_block = rng.random(len(rows)) < 0.5
         cols = np.where(
             from_block,
-            (g[rows] * block + rng.integers(0, block, size=len(rows))) % n_peaks,
+            g[rows] * block + rng.integers(0, block, size=len(rows)),
             rng.integers(0, n_peaks, size=len(rows)),
         )
-        keys = np.unique(rows * n_peaks + perm[cols])
-        rows, cols = keys // n_peaks, (keys % n_peaks).astype(np.int32)
+        # a boolean chunk merges duplicates and yields sorted (row, col) pairs, much faster
+        # than np.unique on row * n_peaks + col
+        mask[:] = False
+        mask[rows, perm[cols]] = True
+        rows, cols = np.nonzero(mask[:n])
         atac_parts.append(
-            (np.ones(len(cols), np.float32), cols, np.bincount(rows, minlength=n))
+            (np.ones(len(cols), np.float32), cols.astype(np.int32), np.bincount(rows, minlength=n))
         )
-        del keys, rows, cols, from_block
+        del rows, cols, from_block
     return _stack(rna_parts, n_genes), _stack(atac_parts, n_peaks), batch, group
 
 

@@ -14,7 +14,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 OURS = ("MultiVAE", "PoissonVAE")
@@ -96,49 +95,57 @@ def flops_per_cell(
     layer whose input is the data (no input gradient). FLOPs = 2 x MACs. Element-wise work
     (activations, norms, likelihoods, embeddings lookups) is not counted.
     """
-    g, p, h, n_l, d, nb = n_genes, n_peaks, n_hidden, n_layers, n_latent, n_batch
+    g, p, h, n_l, d = n_genes, n_peaks, n_hidden, n_layers, n_latent
+    nb = n_batch if n_batch > 1 else 0  # scvi one-hot encodes only covariates with >1 category
     hh = (n_l - 1) * h * h  # hidden-to-hidden layers of one stack
-    layers: list[tuple[str, float, bool]] = []  # (name, forward MACs, input is data)
+    # (name, forward MACs, multiplier): 3 = forward + weight grad + input grad; 2 = the input
+    # is data (no input grad); 1 = forward only (output unused by the loss: no gradient)
+    layers: list[tuple[str, float, int]] = []
     if model in ("MultiVAE", "PoissonVAE"):
         # FCLayers inject covariates with embeddings (lookups, no MACs)
-        layers += [("rna encoder in", g * h, True), ("rna encoder", hh + 2 * h * d, False)]
-        layers += [("rna decoder", d * h + hh + d, False), ("rna head", h * g, False)]
+        layers += [("rna encoder in", g * h, 2), ("rna encoder", hh + 2 * h * d, 3)]
+        layers += [("rna decoder", d * h + hh + d, 3), ("rna head", h * g, 3)]
         if model == "MultiVAE":
             # ATAC arrives as a sparse CSR minibatch: the first layer costs nnz x H
-            layers += [("atac encoder in (sparse)", nnz_peaks * h, True)]
-            layers += [("atac encoder", hh + 2 * h * d, False), ("atac decoder", d * h + hh + d, False)]
+            layers += [("atac encoder in (sparse)", nnz_peaks * h, 2)]
+            layers += [("atac encoder", hh + 2 * h * d, 3), ("atac decoder", d * h + hh + d, 3)]
             if p > 2 * n_sampled_peaks:
-                # training scores the accessible peaks (a gather) + n_sampled peaks per minibatch
-                layers += [("atac head (sampled)", h * (n_sampled_peaks + nnz_peaks), False)]
+                # training scores n_sampled peaks per minibatch (a dense product) and the
+                # accessible peaks through an embedding_bag sum of their weight rows (nnz x H
+                # forward and for the weight gradient; the gradient to h is H per cell)
+                layers += [("atac head, sampled peaks", h * n_sampled_peaks, 3)]
+                layers += [("atac head, accessible peaks", h * nnz_peaks, 2)]
             else:
-                layers += [("atac head", h * p, False)]
+                layers += [("atac head", h * p, 3)]
         formula = _FORMULA_OURS[model]
     elif model == "SCVI":
         # scvi VAE: deeply_inject_covariates=True (one-hot batch into each decoder layer),
-        # encode_covariates=False; decoder computes px_scale and px_dropout heads.
-        layers += [("encoder in", g * h, True), ("encoder", hh + 2 * h * d, False)]
-        layers += [("decoder", (d + nb) * h + (n_l - 1) * (h + nb) * h, False)]
-        layers += [("px_scale + px_dropout heads", 2 * h * g, False)]
+        # encode_covariates=False; the px_dropout head runs but a Poisson loss ignores it.
+        layers += [("encoder in", g * h, 2), ("encoder", hh + 2 * h * d, 3)]
+        layers += [("decoder", (d + nb) * h + (n_l - 1) * (h + nb) * h, 3)]
+        layers += [("px_scale head", h * g, 3), ("px_dropout head", h * g, 1)]
         formula = _FORMULA_SCVI
     elif model == "MULTIVI":
-        dec_in = (d + nb) * h + hh  # covariates one-hot into the first layer only
-        layers += [("expression encoders in (z, library)", 2 * g * h, True)]
-        layers += [("expression encoders", 2 * hh + 2 * h * d + h, False)]
-        layers += [("expression decoder", dec_in + 2 * h * g, False)]
-        layers += [("accessibility encoders in (z, library)", 2 * p * h, True)]
-        layers += [("accessibility encoders", 2 * hh + 2 * h * d + h, False)]
-        layers += [("accessibility decoder", dec_in + h * p, False)]
-        # protein branch runs on a dummy 1-column input even without proteins
-        layers += [("protein encoder", h + hh + 2 * h * d, False)]
-        layers += [("protein decoder (3 stacks)", 3 * dec_in, False)]
-        if nb > 1:  # adversarial batch classifier, run twice per step
-            layers += [("adversarial classifier x2", 2 * (d * 32 + 32 * 32 + 32 * nb), False)]
+        dec = (d + nb) * h + hh  # covariates one-hot into the first layer only
+        deep = (d + nb) * h + (n_l - 1) * (h + nb) * h  # protein stacks inject every layer
+        layers += [("expression encoders in (z, library)", 2 * g * h, 2)]
+        layers += [("expression encoders", 2 * hh + 2 * h * d + h, 3)]
+        layers += [("expression decoder", dec + h * g, 3), ("px_dropout head", h * g, 1)]
+        layers += [("accessibility encoders in (z, library)", 2 * p * h, 2)]
+        layers += [("accessibility encoders", 2 * hh + 2 * h * d + h, 3)]
+        layers += [("accessibility decoder", dec + h * p, 3)]
+        # the protein branch runs on a dummy 1-column input even without proteins
+        layers += [("protein encoder in", h, 2), ("protein encoder", hh + 2 * h * d, 3)]
+        layers += [("protein decoder (3 stacks)", 3 * deep, 1)]
+        if n_batch > 1:
+            # adversarial batch classifier: once on z.detach() (x2), once to fool it (x3)
+            layers += [("adversarial classifier", 32 * d + 32 * 32 + 32 * n_batch, 5)]
         formula = _FORMULA_MULTIVI
     else:
         msg = f"unknown model {model!r}"
         raise ValueError(msg)
     forward = sum(m for _, m, _ in layers)
-    train = sum(m * (2 if data else 3) for _, m, data in layers)
+    train = sum(m * k for _, m, k in layers)
     return {"forward_macs": forward, "train_flops": 2 * train, "formula": formula}
 
 
@@ -147,15 +154,15 @@ _FORMULA_OURS = {
     "MultiVAE": (
         "2*[2*G*H + 3*((L-1)*H^2 + 2*H*d) + 3*(d*H + (L-1)*H^2 + d) + 3*H*G"
         " + 2*nnz*H + 3*((L-1)*H^2 + 2*H*d) + 3*(d*H + (L-1)*H^2 + d)"
-        " + 3*H*(k + nnz) (P > 2k; else 3*H*P)]"
+        " + 3*H*k + 2*H*nnz], the last two terms 3*H*P when P <= 2k"
     ),
 }
-_FORMULA_SCVI = "2*[2*G*H + 3*((L-1)*H^2 + 2*H*d) + 3*((d+B)*H + (L-1)*(H+B)*H) + 3*2*H*G]"
+_FORMULA_SCVI = "2*[2*G*H + 3*((L-1)*H^2 + 2*H*d) + 3*((d+B)*H + (L-1)*(H+B)*H) + 3*H*G + H*G]"
 _FORMULA_MULTIVI = (
-    "2*[2*2*G*H + 3*(2*(L-1)*H^2 + 2*H*d + H) + 3*(D + 2*H*G)"
+    "2*[2*2*G*H + 3*(2*(L-1)*H^2 + 2*H*d + H) + 3*(D + H*G) + H*G"
     " + 2*2*P*H + 3*(2*(L-1)*H^2 + 2*H*d + H) + 3*(D + H*P)"
-    " + 3*(H + (L-1)*H^2 + 2*H*d) + 3*3*D + 3*2*(32*d + 32^2 + 32*B)],"
-    " D = (d+B)*H + (L-1)*H^2"
+    " + 2*H + 3*((L-1)*H^2 + 2*H*d) + 3*E + 5*(32*d + 32^2 + 32*n_batch)],"
+    " D = (d+B)*H + (L-1)*H^2, E = (d+B)*H + (L-1)*(H+B)*H"
 )
 
 
@@ -266,7 +273,9 @@ def build_model(name: str, mdata, *, n_hidden: int, n_layers: int, n_latent: int
             )
         rna = mdata.mod["rna"]
         scgenvae.model.PoissonVAE.setup_anndata(rna, batch_key="batch")
-        return scgenvae.model.PoissonVAE(rna, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers)
+        return scgenvae.model.PoissonVAE(
+            rna, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers
+        )
     import scvi
 
     if name == "MULTIVI":
@@ -358,21 +367,3 @@ def speed_job(job: dict) -> dict:
         "pid": os.getpid(),
         **flops,
     }
-
-
-def summarise(result: dict, matmul_gflops: float) -> dict:
-    """Cells per second, achieved GFLOP/s and the fraction of the matmul reference."""
-    med = result["median_epoch_seconds"]
-    cps = result["n_obs"] / med if med > 0 else float("nan")
-    gflops = result["train_flops"] * cps / 1e9
-    return {
-        "cells_per_second": cps,
-        "achieved_gflops": gflops,
-        "fraction_of_matmul": gflops / matmul_gflops if matmul_gflops else float("nan"),
-    }
-
-
-def nan_safe_median(values: list[float]) -> float:
-    """Median ignoring NaNs (NaN if nothing is left)."""
-    vals = [v for v in values if not np.isnan(v)]
-    return float(statistics.median(vals)) if vals else float("nan")

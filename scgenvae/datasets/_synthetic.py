@@ -107,9 +107,17 @@ def synthetic_multiome(
     group, batch, z = _programs(rng, n_obs, n_groups, n_batches, n_latent)
     rna = _rna(rng, z, batch, n_genes, n_batches)
     w = rng.normal(scale=1.0, size=(n_latent, n_peaks))
-    base = np.log(peak_density / (1 - peak_density))
     depth = rng.normal(scale=0.3, size=(n_obs, 1))
-    logits = base + (z @ w) / np.sqrt(n_latent) * 1.5 + depth
+    signal = (z @ w) / np.sqrt(n_latent) * 1.5 + depth
+    # intercept chosen (bisection) so that the mean accessibility equals peak_density
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if (1 / (1 + np.exp(-(signal + mid)))).mean() > peak_density:
+            hi = mid
+        else:
+            lo = mid
+    logits = signal + (lo + hi) / 2
     atac = sparse.csr_matrix((rng.random((n_obs, n_peaks)) < 1 / (1 + np.exp(-logits))).astype(np.float32))
     obs = _obs(group, batch)
     mod = {

@@ -269,7 +269,19 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         with torch.random.fork_rng(devices=[]):
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
-            return MultiModalVAEModule(**module_kwargs)
+            module = MultiModalVAEModule(**module_kwargs)
+        module.init_feature_biases(self._feature_means(module_kwargs["modalities"]))
+        return module
+
+    def _feature_means(self, modalities: dict) -> dict[str, np.ndarray]:
+        """Per-feature means of each modality in the training data (decoder initialisation)."""
+        out = {}
+        for m, spec in modalities.items():
+            x = self.adata.X if spec.registry_key == REGISTRY_KEYS.X_KEY else self.adata.obsm[spec.registry_key]
+            if spec.likelihood == "bernoulli":
+                x = (x > 0).astype(np.float32)
+            out[m] = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
+        return out
 
     @property
     def feature_names(self) -> dict[str, pd.Index]:
@@ -400,12 +412,16 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
     ) -> Iterator[tuple[dict, dict]]:
         self._check_if_trained(warn=False)
         internal = self._internal(data)
+        was_training = self.module.training
         self.module.eval()
-        with torch.inference_mode(), _quiet_sparse_warnings():
-            for tensors in self._loader(internal, indices, batch_size):
-                inf_in = self.module._get_inference_input(tensors)
-                out = self.module.inference(**inf_in, use_modalities=use_modalities)
-                yield tensors, out
+        try:
+            with torch.inference_mode(), _quiet_sparse_warnings():
+                for tensors in self._loader(internal, indices, batch_size):
+                    inf_in = self.module._get_inference_input(tensors)
+                    out = self.module.inference(**inf_in, use_modalities=use_modalities)
+                    yield tensors, out
+        finally:
+            self.module.train(was_training)
 
     def _modality_arg(self, modality: str) -> tuple[str, ...] | None:
         if modality == "joint":

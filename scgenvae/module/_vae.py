@@ -265,6 +265,24 @@ class MultiModalVAEModule(BaseModuleClass):
                 n_clusters, n_latent, n_hidden=n_hidden, straight_through=straight_through
             )
 
+    @torch.no_grad()
+    def init_feature_biases(self, feature_means: Mapping[str, np.ndarray]) -> None:
+        """Start each decoder at the data's average profile instead of a flat one.
+
+        Counts: the output bias is the log of each gene's mean share of the library (so the
+        softmax starts at the average composition). Bernoulli: the region bias is the
+        log-odds of each peak's frequency (instead of p = 0.5 everywhere).
+        """
+        for m, mean in feature_means.items():
+            dec = self.decoders[m]
+            mean = torch.as_tensor(np.asarray(mean, dtype=np.float64))
+            if self.modalities[m].likelihood == "bernoulli":
+                p = mean.clamp(1e-5, 1 - 1e-5)
+                dec.region_bias.copy_(torch.log(p / (1 - p)).to(dec.region_bias.dtype))
+            else:
+                share = mean / mean.sum().clamp(min=1e-12)
+                dec.head.bias.copy_(torch.log(share.clamp(min=1e-8)).to(dec.head.bias.dtype))
+
     # ------------------------------------------------------------------ plumbing
     @staticmethod
     def _covariates(tensors: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor | None]:

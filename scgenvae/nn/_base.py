@@ -50,6 +50,10 @@ class CovariateInjection(nn.Module):
         return h
 
 
+#: density above which a sparse minibatch is densified for the first layer (measured crossover)
+_DENSE_ABOVE = 0.03
+
+
 class SparseLinear(nn.Module):
     """``x W + b`` for dense or sparse (CSR/COO) ``x``, with ``W`` stored features x outputs.
 
@@ -68,6 +72,9 @@ class SparseLinear(nn.Module):
         """Return ``x @ weight + bias``."""
         if x.layout == torch.strided:
             return torch.addmm(self.bias, x, self.weight)
+        if x._nnz() > _DENSE_ABOVE * x.shape[0] * x.shape[1]:
+            # dense enough that a dense matmul beats the gather
+            return torch.addmm(self.bias, x.to_dense(), self.weight)
         if x.layout == torch.sparse_csr:
             crow, cols, vals = x.crow_indices(), x.col_indices(), x.values()
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -49,19 +49,33 @@ def _check_pair(angle: ArrayLike, reference: ArrayLike) -> tuple[np.ndarray, np.
     return a, b
 
 
-def circular_correlation(angle: ArrayLike, reference: ArrayLike) -> float:
-    """Circular correlation coefficient of two angle arrays :cite:p:`Jammalamadaka1988`.
+def circular_correlation(
+    angle: ArrayLike, reference: ArrayLike, *, method: Literal["js", "fl"] = "js"
+) -> float:
+    r"""Circular correlation coefficient of two angle arrays.
 
-    The Jammalamadaka-SenGupta coefficient
+    ``method="js"`` (default) is the Jammalamadaka-SenGupta coefficient
+    :cite:p:`Jammalamadaka2001`
 
     .. math::
 
-        \\rho = \\frac{\\sum_i \\sin(a_i - \\bar a)\\sin(b_i - \\bar b)}
-                      {\\sqrt{\\sum_i \\sin^2(a_i - \\bar a)\\sum_i \\sin^2(b_i - \\bar b)}}
+        \rho_{JS} = \frac{\sum_i \sin(a_i - \bar a)\sin(b_i - \bar b)}
+                      {\sqrt{\sum_i \sin^2(a_i - \bar a)\sum_i \sin^2(b_i - \bar b)}}
 
-    with :math:`\\bar a`, :math:`\\bar b` the circular means, as reported by peco and CycleVI.
-    It lies in ``[-1, 1]``, is invariant to rotating either angle, and changes sign when one of
-    them runs the other way round (``rho(a, -b) == -rho(a, b)``).
+    with :math:`\bar a`, :math:`\bar b` the circular means, the figure peco and CycleVI
+    report. It needs well-defined circular means: for angles spread evenly round the circle
+    (mean resultant near 0) it is unstable. ``method="fl"`` is the Fisher-Lee coefficient
+    :cite:p:`Fisher1983`, which needs no means,
+
+    .. math::
+
+        \rho_{FL} = \frac{\sum_{i<j} \sin(a_i - a_j)\sin(b_i - b_j)}
+                      {\sqrt{\sum_{i<j} \sin^2(a_i - a_j)\sum_{i<j} \sin^2(b_i - b_j)}}
+                 = \frac{R_{a-b}^2 - R_{a+b}^2}{\sqrt{(n^2 - R_{2a}^2)(n^2 - R_{2b}^2)}}
+
+    (:math:`R_u = |\sum_i e^{\mathrm{i} u_i}|`). Both lie in ``[-1, 1]``, are invariant to
+    rotating either angle and change sign when one of them runs the other way round
+    (``rho(a, -b) == -rho(a, b)``).
 
     Parameters
     ----------
@@ -69,10 +83,12 @@ def circular_correlation(angle: ArrayLike, reference: ArrayLike) -> float:
         Angles in radians (e.g. ``adata.obs["cell_cycle_angle"]``).
     reference
         Reference angles in radians, same length.
+    method
+        ``"js"`` (Jammalamadaka-SenGupta) or ``"fl"`` (Fisher-Lee).
 
     Returns
     -------
-    The coefficient; ``nan`` if either array has no spread (all angles equal).
+    The coefficient; ``nan`` if either array has no spread.
 
     Examples
     --------
@@ -82,12 +98,25 @@ def circular_correlation(angle: ArrayLike, reference: ArrayLike) -> float:
     1.0
     """
     a, b = _check_pair(angle, reference)
-    sa = np.sin(a - circular_mean(a))
-    sb = np.sin(b - circular_mean(b))
-    denom = np.sqrt((sa**2).sum() * (sb**2).sum())
-    if denom == 0:
+    if method == "js":
+        sa = np.sin(a - circular_mean(a))
+        sb = np.sin(b - circular_mean(b))
+        num = (sa * sb).sum()
+        denom = np.sqrt((sa**2).sum() * (sb**2).sum())
+    elif method == "fl":
+        n = a.size
+
+        def r2(u: np.ndarray) -> float:
+            return float(np.cos(u).sum() ** 2 + np.sin(u).sum() ** 2)
+
+        num = r2(a - b) - r2(a + b)
+        denom = np.sqrt(max(n**2 - r2(2 * a), 0.0) * max(n**2 - r2(2 * b), 0.0))
+    else:
+        msg = f"`method` must be 'js' or 'fl', got {method!r}."
+        raise ValueError(msg)
+    if denom <= 1e-12 * a.size**2:
         return float("nan")
-    return float(np.clip((sa * sb).sum() / denom, -1.0, 1.0))
+    return float(np.clip(num / denom, -1.0, 1.0))
 
 
 def circular_distance(angle: ArrayLike, reference: ArrayLike) -> NDArray[np.float64]:

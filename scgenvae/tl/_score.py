@@ -37,7 +37,7 @@ def _matrix(adata: AnnData, layer: str | None):
 def _looks_like_counts(x) -> bool:
     """Non-negative and integer-valued, or with values too large for log-normalised data."""
     vals = x.data if sparse.issparse(x) else np.asarray(x).ravel()
-    vals = vals[: 200_000]
+    vals = vals[:200_000]
     if vals.size == 0:
         return False
     if vals.min() < 0:
@@ -56,7 +56,9 @@ def _symbol_index(adata: AnnData, gene_symbols: str | None) -> pd.Series:
                 f"available: {list(adata.var.columns)}."
             )
             raise KeyError(msg)
-        symbols = pd.Series(adata.var[gene_symbols].astype(object).to_numpy(), index=adata.var_names)
+        symbols = pd.Series(
+            adata.var[gene_symbols].astype(object).to_numpy(), index=adata.var_names
+        )
     symbols = symbols[symbols.notna()].astype(str)
     symbols = symbols[~symbols.duplicated()]
     return pd.Series(symbols.index, index=symbols.to_numpy())
@@ -216,7 +218,8 @@ def score_cell_cycle(
     if min(n_s, n_g) < max(min_genes, 1):
         hint = (
             "var_names look like Ensembl ids: pass `gene_symbols=<var column with symbols>`"
-            if gene_symbols is None and pd.Index(adata.var_names).str.startswith("ENS").mean() > 0.5
+            if gene_symbols is None
+            and pd.Index(adata.var_names).str.startswith("ENS").mean() > 0.5
             else f"check `organism` (got {organism!r}) and `gene_symbols` (got {gene_symbols!r})"
         )
         msg = (
@@ -272,7 +275,5 @@ def score_cell_cycle(
             "random_state": random_state,
         },
     }
-    logger.info(
-        "added obs['S_score'], obs['G2M_score'], obs['phase'] and uns[%r]", key_added
-    )
+    logger.info("added obs['S_score'], obs['G2M_score'], obs['phase'] and uns[%r]", key_added)
     return adata if copy else None
