@@ -56,7 +56,9 @@ def baselines(mdata_train, mdata_test, mdata_all, time_key: str = "Time") -> dic
     return {
         "peak_frequency_auroc": auroc,
         "peak_frequency_auprc": auprc,
-        "rna_pca_time_knn_accuracy": metrics.knn_accuracy(rna.obsm["X_pca"], mdata_all.obs[time_key]),
+        "rna_pca_time_knn_accuracy": metrics.knn_accuracy(
+            rna.obsm["X_pca"], mdata_all.obs[time_key]
+        ),
     }
 
 
@@ -77,7 +79,11 @@ def main() -> None:
     t0 = time.perf_counter()
     model.train(max_epochs=args.max_epochs, seed=args.seed, enable_progress_bar=False)
     elapsed = time.perf_counter() - t0
-    out = {"train_seconds": elapsed, **evaluate(model, m_test, mdata), **baselines(m_train, m_test, mdata)}
+    out = {
+        "train_seconds": elapsed,
+        **evaluate(model, m_test, mdata),
+        **baselines(m_train, m_test, mdata),
+    }
     print(json.dumps(out, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))

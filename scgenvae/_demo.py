@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 logger = logging.getLogger(__name__)
 

@@ -64,7 +64,7 @@ def _fit(args: argparse.Namespace) -> int:
     if args.save_model:
         model.save(args.save_model, overwrite=True)
     logger.info("wrote %s", out)
-    print(f"wrote {out} (latent in obsm[{args.key_added!r}])")  # noqa: T201 - CLI output
+    print(f"wrote {out} (latent in obsm[{args.key_added!r}])")
     return 0
 
 
@@ -73,7 +73,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     paths = run_demo(Path(args.output), max_epochs=args.max_epochs, seed=args.seed)
     for p in paths:
-        print(f"wrote {p}")  # noqa: T201 - CLI output
+        print(f"wrote {p}")
     return 0
 
 
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
-        print(f"scgenvae {args.command}: error: {err}", file=sys.stderr)  # noqa: T201
+        print(f"scgenvae {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

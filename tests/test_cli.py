@@ -14,8 +14,19 @@ def test_fit_h5ad_writes_latent(tmp_path):
     adata.write_h5ad(src)
     rc = cli.main(
         [
-            "fit", str(src), "--output", str(out), "--batch-key", "batch",
-            "--n-latent", "3", "--max-epochs", "2", "--quiet", "--save-model", str(tmp_path / "m"),
+            "fit",
+            str(src),
+            "--output",
+            str(out),
+            "--batch-key",
+            "batch",
+            "--n-latent",
+            "3",
+            "--max-epochs",
+            "2",
+            "--quiet",
+            "--save-model",
+            str(tmp_path / "m"),
         ]
     )
     assert rc == 0

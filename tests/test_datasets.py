@@ -39,9 +39,9 @@ def test_synthetic_is_seeded():
     c = datasets.synthetic_rna(50, 20, rng=4)
     assert (a.X != b.X).nnz == 0
     assert (a.X != c.X).nnz > 0
-    state = np.random.get_state()[1].copy()
+    state = np.random.get_state()[1].copy()  # noqa: NPY002 - checks global state
     md = datasets.synthetic_multiome(40, 10, 30, rng=0)
-    np.testing.assert_array_equal(np.random.get_state()[1], state)  # global RNG untouched
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # noqa: NPY002
     assert set(np.unique(md.mod["atac"].X.data)) <= {1.0}
 
 

@@ -51,7 +51,7 @@ def test_straight_through_is_one_hot_forwards_with_soft_gradients():
 
 def test_mixture_prior_kl_terms():
     prior = GaussianMixturePrior(3, 2, n_hidden=8)
-    prior.initialised.fill_(True)
+    prior.initialised.fill_(1)
     prior.eval()
     qz = torch.distributions.Normal(prior.means.detach()[[0, 1, 2]], torch.ones(3, 2))
     comp = prior.component_kl(qz)

@@ -37,7 +37,7 @@ def test_setup_does_not_modify_mudata(mdata, quiet):
     model.get_accessibility_estimates(use_modality="rna")
     assert list(mdata.mod) == mods
     assert list(mdata.obs.columns) == obs_cols
-    assert (mdata.mod["rna"].X != rna_x).nnz == 0
+    assert (rna_x != mdata.mod["rna"].X).nnz == 0
     assert "X_scgenvae" not in mdata.obsm
 
 
@@ -77,7 +77,9 @@ def test_cross_modal_quality_on_synthetic(mdata, quiet):
     z_rna = model.get_latent_representation(modality="rna")
     z_atac = model.get_latent_representation(modality="atac")
     assert metrics.foscttm(z_rna, z_atac) < 0.2
-    auroc, _ = metrics.auroc_auprc(mdata.mod["atac"].X, model.get_accessibility_estimates(use_modality="rna"))
+    auroc, _ = metrics.auroc_auprc(
+        mdata.mod["atac"].X, model.get_accessibility_estimates(use_modality="rna")
+    )
     freq = np.asarray(mdata.mod["atac"].X.mean(0)).ravel()
     base, _ = metrics.auroc_auprc(mdata.mod["atac"].X, np.broadcast_to(freq, (200, 100)))
     assert auroc > base + 0.02

@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import scgenvae
 from scgenvae import metrics

@@ -168,8 +168,8 @@ def test_missing_keys_and_empty_data_raise(adata):
         PoissonVAE.setup_anndata(adata[:0].copy())
     with pytest.raises(TypeError, match="AnnData"):
         PoissonVAE.setup_anndata(adata.X)
+    PoissonVAE.setup_anndata(adata)
     with pytest.raises(ValueError, match="gene_likelihood"):
-        PoissonVAE.setup_anndata(adata)
         PoissonVAE(adata, gene_likelihood="gaussian")
 
 

@@ -99,7 +99,7 @@ def tricycle_neurosphere() -> ad.AnnData:
 
 
 def tricycle_reference():
-    """tricycle's reference loadings: 500 mouse genes, columns `pc1.rot`, `pc2.rot`, `ensembl`, `symbol`, `SYMBOL`."""
+    """Tricycle's reference loadings: 500 mouse genes, columns `pc1.rot`, `pc2.rot`, `ensembl`, `symbol`, `SYMBOL`."""
     import pandas as pd
 
     return pd.read_csv(_path("tricycle_reference"), index_col=0)

@@ -118,11 +118,17 @@ def synthetic_multiome(
         else:
             lo = mid
     logits = signal + (lo + hi) / 2
-    atac = sparse.csr_matrix((rng.random((n_obs, n_peaks)) < 1 / (1 + np.exp(-logits))).astype(np.float32))
+    atac = sparse.csr_matrix(
+        (rng.random((n_obs, n_peaks)) < 1 / (1 + np.exp(-logits))).astype(np.float32)
+    )
     obs = _obs(group, batch)
     mod = {
-        "rna": AnnData(X=rna, obs=obs.copy(), var=pd.DataFrame(index=[f"gene_{j}" for j in range(n_genes)])),
-        "atac": AnnData(X=atac, obs=obs.copy(), var=pd.DataFrame(index=[f"peak_{j}" for j in range(n_peaks)])),
+        "rna": AnnData(
+            X=rna, obs=obs.copy(), var=pd.DataFrame(index=[f"gene_{j}" for j in range(n_genes)])
+        ),
+        "atac": AnnData(
+            X=atac, obs=obs.copy(), var=pd.DataFrame(index=[f"peak_{j}" for j in range(n_peaks)])
+        ),
     }
     mdata = md.MuData(mod)
     mdata.obs = obs.copy()

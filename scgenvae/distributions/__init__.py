@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
-from ._bernoulli import BernoulliLogits, FactorisedBernoulli, sparse_map_values, sparse_row_sums, to_dense
+from ._bernoulli import (
+    BernoulliLogits,
+    FactorisedBernoulli,
+    sparse_map_values,
+    sparse_row_sums,
+    to_dense,
+)
 
-__all__ = ["BernoulliLogits", "FactorisedBernoulli", "sparse_map_values", "sparse_row_sums", "to_dense"]
+__all__ = [
+    "BernoulliLogits",
+    "FactorisedBernoulli",
+    "sparse_map_values",
+    "sparse_row_sums",
+    "to_dense",
+]

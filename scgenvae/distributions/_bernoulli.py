@@ -32,7 +32,7 @@ class BernoulliLogits(Bernoulli):
     non-zero entries only through a gather.
     """
 
-    def __init__(self, logits: torch.Tensor, validate_args: bool | None = False):
+    def __init__(self, logits: torch.Tensor, *, validate_args: bool | None = False):
         super().__init__(logits=logits, validate_args=validate_args)
 
     def log_prob_sum(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,10 @@ class FactorisedBernoulli(BernoulliLogits):
     def _columns(self, cols: torch.Tensor | None) -> torch.Tensor:
         if cols is None:
             return F.linear(self.h, self.weight, self.bias) + self.region_depth * self.depth
-        return F.linear(self.h, self.weight[cols], self.bias[cols]) + self.region_depth[cols] * self.depth
+        return (
+            F.linear(self.h, self.weight[cols], self.bias[cols])
+            + self.region_depth[cols] * self.depth
+        )
 
     def log_prob_sum(self, x: torch.Tensor, n_sampled: int | None = None) -> torch.Tensor:
         """Per-row ``log p(x)``; exact when ``n_sampled`` is None, else an unbiased estimate."""
@@ -129,9 +132,14 @@ class FactorisedBernoulli(BernoulliLogits):
             x = x.to_sparse_csr() if x.layout == torch.strided else x.coalesce().to_sparse_csr()
         crow, cols, vals = x.crow_indices(), x.col_indices(), x.values().to(self.h.dtype)
         # sum_j x_j logit_j is linear in the logits: h . (sum_j x_j W_j) + sum_j x_j (b_j + a_j d)
-        w_sum = F.embedding_bag(cols, self.weight, offsets=crow[:-1], mode="sum", per_sample_weights=vals)
+        w_sum = F.embedding_bag(
+            cols, self.weight, offsets=crow[:-1], mode="sum", per_sample_weights=vals
+        )
         b_sum = F.embedding_bag(
-            cols, torch.stack([self.bias, self.region_depth], 1), offsets=crow[:-1], mode="sum",
+            cols,
+            torch.stack([self.bias, self.region_depth], 1),
+            offsets=crow[:-1],
+            mode="sum",
             per_sample_weights=vals,
         )
         pos = (self.h * w_sum).sum(-1) + b_sum[:, 0] + b_sum[:, 1] * self.depth[:, 0]

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from anndata import AnnData
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
     CategoricalJointObsField,
@@ -46,7 +45,8 @@ from ._data import InMemoryDataSplitter, MinibatchIterable, registry_arrays
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from mudata import MuData
+    from anndata import AnnData
+
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +172,10 @@ def _obs_frame(obs: pd.DataFrame, columns: Sequence[str], n_obs: int) -> pd.Data
     frame = pd.DataFrame(index=pd.RangeIndex(n_obs).astype(str))
     for col in dict.fromkeys(columns):
         values = obs[col]
-        frame[col] = values.to_numpy() if not isinstance(values.dtype, pd.CategoricalDtype) else (
-            pd.Categorical(values.astype(str))
+        frame[col] = (
+            values.to_numpy()
+            if not isinstance(values.dtype, pd.CategoricalDtype)
+            else (pd.Categorical(values.astype(str)))
         )
     return frame
 
@@ -183,7 +185,9 @@ def covariate_fields(args: dict) -> list:
     return [
         CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, args.get("batch_key")),
         CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, args.get("labels_key")),
-        CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, args.get("categorical_covariate_keys")),
+        CategoricalJointObsField(
+            REGISTRY_KEYS.CAT_COVS_KEY, args.get("categorical_covariate_keys")
+        ),
         NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, args.get("continuous_covariate_keys")),
     ]
 
@@ -277,7 +281,11 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         """Per-feature means of each modality in the training data (decoder initialisation)."""
         out = {}
         for m, spec in modalities.items():
-            x = self.adata.X if spec.registry_key == REGISTRY_KEYS.X_KEY else self.adata.obsm[spec.registry_key]
+            x = (
+                self.adata.X
+                if spec.registry_key == REGISTRY_KEYS.X_KEY
+                else self.adata.obsm[spec.registry_key]
+            )
             if spec.likelihood == "bernoulli":
                 x = (x > 0).astype(np.float32)
             out[m] = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
@@ -367,7 +375,8 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs.setdefault("n_epochs_kl_warmup", n_epochs_kl_warmup)
         plan_kwargs.setdefault("cluster_init_epoch", max(1, min(50, max_epochs // 5)))
         plan_kwargs.setdefault(
-            "n_epochs_tau_anneal", max(1, int(0.6 * (max_epochs - plan_kwargs["cluster_init_epoch"])))
+            "n_epochs_tau_anneal",
+            max(1, int(0.6 * (max_epochs - plan_kwargs["cluster_init_epoch"]))),
         )
         trainer_kwargs.setdefault("enable_checkpointing", False)
         if early_stopping:
@@ -457,7 +466,10 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         """
         out = []
         for _, inf in self._iter_inference(
-            adata, indices=indices, batch_size=batch_size, use_modalities=self._modality_arg(modality)
+            adata,
+            indices=indices,
+            batch_size=batch_size,
+            use_modalities=self._modality_arg(modality),
         ):
             qz = inf[MODULE_KEYS.QZ_KEY]
             out.append((qz.loc if give_mean else qz.sample()).cpu().numpy())
@@ -478,7 +490,9 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         self, adata=None, *, indices: Sequence[int] | None = None, batch_size: int | None = None
     ) -> np.ndarray:
         """Most probable cluster of each cell (integer codes ``0..n_clusters-1``)."""
-        return self.get_cluster_probabilities(adata, indices=indices, batch_size=batch_size).argmax(1)
+        return self.get_cluster_probabilities(
+            adata, indices=indices, batch_size=batch_size
+        ).argmax(1)
 
     def _require_clusters(self) -> None:
         if not getattr(self.module.prior, "n_clusters", None):
@@ -687,7 +701,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             raise FileNotFoundError(msg)
         try:
             payload = torch.load(target, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        except Exception as err:
             msg = f"{target} is not a readable scgenvae model file ({type(err).__name__}: {err})."
             raise ValueError(msg) from err
         if not isinstance(payload, dict) or payload.get("format_version") != _FORMAT_VERSION:
@@ -757,4 +771,3 @@ def _mean_of(px) -> torch.Tensor:
     if isinstance(scale, torch.Tensor):
         return scale
     return px.probs
-

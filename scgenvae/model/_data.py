@@ -153,7 +153,7 @@ class InMemoryDataSplitter(LightningDataModule):
         train_size: float | None = None,
         validation_size: float | None = None,
         batch_size: int = 128,
-        shuffle_set_split: bool = True,
+        shuffle_set_split: bool = True,  # noqa: FBT001, FBT002 - scvi-tools' signature
         *,
         seed: int | None = 0,
         sparse_keys: frozenset[str] = frozenset(),

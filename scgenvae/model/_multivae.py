@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,9 @@ from scgenvae.module import ModalitySpec, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
 from ._validate import check_continuous, check_shape, check_values, get_matrix
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,9 @@ def _aligned(mat, rows: np.ndarray):
     return sparse.csr_matrix(sparse.diags((rows >= 0).astype(out.dtype)) @ out)
 
 
-def _column(key: str, obs: pd.DataFrame, mods: list[tuple[str, AnnData]], cells: pd.Index) -> pd.Series:
+def _column(
+    key: str, obs: pd.DataFrame, mods: list[tuple[str, AnnData]], cells: pd.Index
+) -> pd.Series:
     """Covariate ``key`` from the joint obs, else from a modality's obs (aligned to cells)."""
     if key in obs.columns:
         return obs[key].reindex(cells)
@@ -254,13 +258,18 @@ class MultiVAE(BaseScgenvaeModel):
         if not ((rows_rna >= 0) | (rows_atac >= 0)).any() or len(cells) == 0:
             msg = f"mod[{rna_mod!r}] and mod[{atac_mod!r}] share no cells with mdata.obs_names."
             raise ValueError(msg)
-        check_values(get_matrix(rna, rna_layer, where=f"mod[{rna_mod!r}]"), where=f"RNA ({rna_mod!r}, layer {rna_layer})")
+        check_values(
+            get_matrix(rna, rna_layer, where=f"mod[{rna_mod!r}]"),
+            where=f"RNA ({rna_mod!r}, layer {rna_layer})",
+        )
         atac_x = get_matrix(atac, atac_layer, where=f"mod[{atac_mod!r}]")
         check_values(atac_x, where=f"ATAC ({atac_mod!r}, layer {atac_layer})", counts=False)
         mods = [(rna_mod, rna), (atac_mod, atac)]
         keys = [k for k in [batch_key, *(args["categorical_covariate_keys"] or [])] if k]
         cont = args["continuous_covariate_keys"] or []
-        frame = pd.DataFrame({k: _column(k, obs, mods, cells) for k in [*keys, *cont]}, index=cells)
+        frame = pd.DataFrame(
+            {k: _column(k, obs, mods, cells) for k in [*keys, *cont]}, index=cells
+        )
         for k in [*keys, *cont]:
             if frame[k].isna().any():
                 msg = f"covariate {k!r} is missing for {int(frame[k].isna().sum())} cells; fill it in mdata.obs."

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -25,7 +24,7 @@ from ._validate import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +181,10 @@ class PoissonVAE(BaseScgenvaeModel):
 
     @classmethod
     def _fields(cls, args: dict) -> list:
-        return [LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False), *covariate_fields(args)]
+        return [
+            LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False),
+            *covariate_fields(args),
+        ]
 
     @classmethod
     def _feature_names(cls, data, args: dict) -> dict[str, pd.Index]:

@@ -6,13 +6,14 @@ Every error names the attribute, the key and the fix; nothing here modifies the 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anndata import AnnData
 
 
@@ -20,7 +21,9 @@ def get_matrix(adata: AnnData, layer: str | None, *, where: str = "adata"):
     """Return ``adata.X`` or ``adata.layers[layer]`` with a clear error when it is missing."""
     if layer is None:
         if adata.X is None:
-            msg = f"{where}.X is empty (None); pass `layer=` naming the layer that holds the counts."
+            msg = (
+                f"{where}.X is empty (None); pass `layer=` naming the layer that holds the counts."
+            )
             raise ValueError(msg)
         return adata.X
     if layer not in adata.layers:
@@ -61,7 +64,9 @@ def check_values(
         raise TypeError(msg)
     if v.dtype.kind == "f" and not np.isfinite(v).all():
         n_bad = int((~np.isfinite(v)).sum())
-        msg = f"{where} contains {n_bad} NaN or infinite values; remove or impute them before setup."
+        msg = (
+            f"{where} contains {n_bad} NaN or infinite values; remove or impute them before setup."
+        )
         raise ValueError(msg)
     if v.size and v.min() < 0:
         msg = (

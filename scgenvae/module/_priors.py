@@ -44,7 +44,11 @@ class StandardNormalPrior(nn.Module):
 
 
 def gumbel_softmax_sample(
-    logits: torch.Tensor, tau: float, *, hard: bool = False, generator: torch.Generator | None = None
+    logits: torch.Tensor,
+    tau: float,
+    *,
+    hard: bool = False,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Draw a Gumbel-Softmax (relaxed one-hot) sample.
 
@@ -101,7 +105,7 @@ class GaussianMixturePrior(nn.Module):
         # one diagonal scale shared by all components ("tied" mixture): a component cannot
         # become broad and absorb its neighbours, nor narrow and lose all its cells
         self.log_scales = nn.Parameter(torch.zeros(1, n_latent))
-        self.register_buffer("initialised", torch.tensor(False))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
         del n_hidden
 
     @torch.no_grad()
@@ -114,11 +118,13 @@ class GaussianMixturePrior(nn.Module):
         self.means.copy_(torch.as_tensor(km.cluster_centers_, dtype=self.means.dtype))
         within = z - km.cluster_centers_[km.labels_]
         spread = np.maximum(within.std(0), 0.05)
-        self.log_scales.copy_(torch.log(torch.as_tensor(spread, dtype=self.means.dtype)).unsqueeze(0))
-        self.initialised.fill_(True)
+        self.log_scales.copy_(
+            torch.log(torch.as_tensor(spread, dtype=self.means.dtype)).unsqueeze(0)
+        )
+        self.initialised.fill_(1)
 
     def component_kl(self, qz: Normal) -> torch.Tensor:
-        """cells x K matrix of ``KL(q(z|x) || p(z|c=k))``."""
+        """Cells x K matrix of ``KL(q(z|x) || p(z|c=k))``."""
         mu_q, var_q = qz.loc.unsqueeze(-2), qz.scale.pow(2).unsqueeze(-2)
         var_p = torch.exp(2 * self.log_scales)
         kl = 0.5 * (

@@ -5,9 +5,8 @@ A single-modality model (PoissonVAE) is the special case with one entry in ``mod
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -27,6 +26,9 @@ from scgenvae.distributions import (
 from scgenvae.nn import FCLayers, GaussianEncoder
 
 from ._priors import GaussianMixturePrior, StandardNormalPrior
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 Likelihood = Literal["poisson", "nb", "zinb", "bernoulli"]
 COUNT_LIKELIHOODS = ("poisson", "nb", "zinb")
@@ -103,7 +105,9 @@ class _Decoder(nn.Module):
         of ``p(log library | z)`` is used in its place).
         """
         h = self.trunk(z, cat_list, cont)
-        pl = Normal(self.library_head(z).squeeze(-1) + log_library_centre, self.library_log_sd.exp())
+        pl = Normal(
+            self.library_head(z).squeeze(-1) + log_library_centre, self.library_log_sd.exp()
+        )
         if library is None:
             log_lib = pl.loc
         else:
@@ -285,7 +289,9 @@ class MultiModalVAEModule(BaseModuleClass):
 
     # ------------------------------------------------------------------ plumbing
     @staticmethod
-    def _covariates(tensors: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    def _covariates(
+        tensors: dict[str, torch.Tensor],
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         batch = tensors.get(REGISTRY_KEYS.BATCH_KEY)
         cat_list = [batch if batch is not None else None]
         cat_covs = tensors.get(REGISTRY_KEYS.CAT_COVS_KEY)
@@ -301,7 +307,9 @@ class MultiModalVAEModule(BaseModuleClass):
             MODULE_KEYS.CONT_COVS_KEY: cont,
         }
 
-    def _get_generative_input(self, tensors: dict[str, torch.Tensor], inference_outputs: dict) -> dict:
+    def _get_generative_input(
+        self, tensors: dict[str, torch.Tensor], inference_outputs: dict
+    ) -> dict:
         cat_list, cont = self._covariates(tensors)
         return {
             MODULE_KEYS.Z_KEY: inference_outputs[MODULE_KEYS.Z_KEY],
@@ -346,7 +354,11 @@ class MultiModalVAEModule(BaseModuleClass):
             use = use_modalities is None or m in use_modalities
             if not use:
                 continue
-            xin = sparse_map_values(xm.float(), torch.log1p) if spec.likelihood != "bernoulli" else xm.float()
+            xin = (
+                sparse_map_values(xm.float(), torch.log1p)
+                if spec.likelihood != "bernoulli"
+                else xm.float()
+            )
             mu, var, _ = self.encoders[m](xin, enc_cats, enc_cont)
             means.append(mu)
             variances.append(var)
@@ -488,14 +500,13 @@ class MultiModalVAEModule(BaseModuleClass):
     def log_likelihood_terms(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-cell ELBO terms on a minibatch in eval mode (used for held-out scoring)."""
         _, _, losses = self.forward(tensors, compute_loss=True)
-        out = {m: v for m, v in losses.reconstruction_loss.items()}
+        out = dict(losses.reconstruction_loss.items())
         out.update(losses.kl_local)
         return out
 
 
 def log_library_mean(row_sums: np.ndarray) -> float:
     """Mean log library size over cells with counts (centres the depth terms)."""
-
     s = np.asarray(row_sums, dtype=np.float64).ravel()
     s = s[s > 0]
     return float(np.log(s).mean()) if s.size else 0.0

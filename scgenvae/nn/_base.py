@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Normal
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch.distributions import Normal
 
 
 class CovariateInjection(nn.Module):
@@ -35,7 +39,9 @@ class CovariateInjection(nn.Module):
         self._active = [n_cat > 1 for n_cat in n_cats_per_cov]
         for emb in self.embeddings:
             nn.init.normal_(emb.weight, std=0.01)
-        self.continuous = nn.Linear(n_continuous_cov, n_out, bias=False) if n_continuous_cov else None
+        self.continuous = (
+            nn.Linear(n_continuous_cov, n_out, bias=False) if n_continuous_cov else None
+        )
 
     def forward(
         self, h: torch.Tensor, cat_list: Sequence[torch.Tensor], cont: torch.Tensor | None

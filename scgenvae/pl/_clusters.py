@@ -52,17 +52,38 @@ def cluster_probabilities(
     labels = adata.obs[cluster_key]
     n_panels = probs.shape[1] + 1
     nrows = int(np.ceil(n_panels / ncols))
-    fig, axes = plt.subplots(nrows, min(ncols, n_panels), figsize=(3.2 * min(ncols, n_panels), 3.0 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows,
+        min(ncols, n_panels),
+        figsize=(3.2 * min(ncols, n_panels), 3.0 * nrows),
+        squeeze=False,
+    )
     ax = axes.flat[0]
     cmap = plt.get_cmap("tab20")
     for i, cat in enumerate(labels.cat.categories):
         sel = (labels == cat).to_numpy()
-        ax.scatter(emb[sel, 0], emb[sel, 1], s=point_size, color=cmap(i % 20), label=str(cat), linewidths=0)
+        ax.scatter(
+            emb[sel, 0],
+            emb[sel, 1],
+            s=point_size,
+            color=cmap(i % 20),
+            label=str(cat),
+            linewidths=0,
+        )
     ax.set_title("cluster")
     ax.legend(markerscale=2, fontsize=7, frameon=False, loc="best")
     for k in range(probs.shape[1]):
         ax = axes.flat[k + 1]
-        sc = ax.scatter(emb[:, 0], emb[:, 1], c=probs[:, k], s=point_size, cmap="viridis", vmin=0, vmax=1, linewidths=0)
+        sc = ax.scatter(
+            emb[:, 0],
+            emb[:, 1],
+            c=probs[:, k],
+            s=point_size,
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            linewidths=0,
+        )
         ax.set_title(f"q(c = {k} | x)")
     for ax in axes.flat:
         ax.set_xticks([])
