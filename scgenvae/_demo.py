@@ -47,7 +47,7 @@ def run_cellbench(out: Path, *, max_epochs: int | None, seed: int) -> list[Path]
         )
     PoissonVAE.setup_anndata(adata, batch_key="protocol")
     model = PoissonVAE(adata, n_latent=10)
-    model.train(max_epochs=max_epochs, seed=seed, enable_progress_bar=False)
+    model.train(max_epochs=max_epochs or 200, seed=seed, enable_progress_bar=False)
     model.export_latent(adata)
     png = _umap_png(adata, ["protocol", "cell_line"], out / "cellbench_umap.png", "PoissonVAE")
     h5ad = out / "cellbench_poissonvae.h5ad"
@@ -63,7 +63,7 @@ def run_a549(out: Path, *, max_epochs: int | None, seed: int) -> list[Path]:
     mdata = scicar_a549()
     MultiVAE.setup_mudata(mdata, rna_mod="rna", atac_mod="atac")
     model = MultiVAE(mdata)
-    model.train(max_epochs=max_epochs or 30, seed=seed, enable_progress_bar=False)
+    model.train(max_epochs=max_epochs or 25, seed=seed, enable_progress_bar=False)
     model.export_latent(mdata)
     png = _umap_png(mdata, ["Time"], out / "a549_multivae_umap.png", "MultiVAE joint latent")
     h5mu = out / "a549_multivae.h5mu"

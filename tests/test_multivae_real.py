@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import scgenvae
 from scgenvae import metrics
@@ -49,6 +50,7 @@ def test_pbmc_subset_held_out_cells(quiet):
     assert metrics.mean_gene_spearman(m_test.mod["rna"].X, expr) > 0.2
 
 
+@pytest.mark.slow
 def test_a549_held_out_cells(quiet):
     """sci-CAR A549: the issue's bar (MULTIVI with Poisson genes: FOSCTTM 0.32, AUROC 0.75, time 0.84)."""
     mdata = scgenvae.datasets.scicar_a549()
