@@ -4,8 +4,11 @@ import os
 
 import matplotlib as mpl
 import pytest
+import torch
 
 mpl.use("Agg")
+# the models under test are small: one thread is as fast and immune to oversubscription
+torch.set_num_threads(1)
 os.environ.setdefault("SCGENVAE_FAST", "1")
 
 # one loop over {option: marker}: a marked test runs only when its option is given

@@ -11,6 +11,7 @@ from ._bundled import (
     tricycle_neurosphere,
     tricycle_reference,
 )
+from ._cell_cycle import synthetic_cell_cycle
 from ._synthetic import synthetic_multiome, synthetic_rna
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "fucci_ipsc",
     "pbmc_multiome_subset",
     "scicar_a549",
+    "synthetic_cell_cycle",
     "synthetic_multiome",
     "synthetic_rna",
     "tricycle_neurosphere",

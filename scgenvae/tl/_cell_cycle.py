@@ -461,8 +461,8 @@ def align_cell_cycle(
     Examples
     --------
     >>> adata = scgenvae.datasets.fucci_ipsc()
-    >>> scgenvae.model.PoissonVAE.setup_anndata(adata, batch_key="experiment")
-    >>> model = scgenvae.model.PoissonVAE(adata, n_latent=5)
+    >>> scgenvae.model.PoissonVAE.setup_anndata(adata, batch_key="chip_id")
+    >>> model = scgenvae.model.PoissonVAE(adata, n_latent=10)
     >>> model.train(max_epochs=200, enable_progress_bar=False)
     >>> model.export_latent(adata)
     >>> scgenvae.tl.align_cell_cycle(adata, gene_symbols="hgnc")
