@@ -39,6 +39,7 @@ from scgenvae._constants import (
     REGISTRY_KEYS,
 )
 from scgenvae._settings import settings
+from scgenvae.distributions import FactorisedBernoulli
 
 from ._data import InMemoryDataSplitter, MinibatchIterable, registry_arrays
 
@@ -532,7 +533,9 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 **gen_in, transform_batch=code, observed_library=observed_library
             )
             for m in out:
-                out[m].append(_mean_of(gen[m][MODULE_KEYS.PX_KEY]).cpu().numpy())
+                seen = inf[MODULE_KEYS.OBSERVED_KEY][m]
+                unseen = ~seen if observed_library else torch.ones_like(seen)
+                out[m].append(_mean_of(gen[m], unobserved_depth=unseen).cpu().numpy())
         return {m: np.concatenate(v) for m, v in out.items()}
 
     @torch.inference_mode()
@@ -583,7 +586,11 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 zb, None, cats, cont, transform_batch=code, observed_library=False
             )
             for m in out:
-                out[m].append(_mean_of(gen[m][MODULE_KEYS.PX_KEY]).cpu().numpy())
+                out[m].append(
+                    _mean_of(gen[m], unobserved_depth=torch.ones(len(zb), dtype=torch.bool))
+                    .cpu()
+                    .numpy()
+                )
         return {m: np.concatenate(v) for m, v in out.items()}
 
     # writing ------------------------------------------------------------------------
@@ -765,9 +772,26 @@ def _rows(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _mean_of(px) -> torch.Tensor:
-    """Normalised mean of a decoded distribution: ``scale`` for counts, ``probs`` for Bernoulli."""
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(9)
+
+
+def _mean_of(decoded: dict, *, unobserved_depth: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised mean of a decoded modality: ``scale`` for counts, probabilities for Bernoulli.
+
+    For cells flagged in ``unobserved_depth`` (no observed depth in this modality), Bernoulli
+    probabilities are averaged over ``p(log depth | z)`` by Gauss-Hermite quadrature: the
+    posterior predictive, rather than the probability at the predicted depth alone.
+    """
+    px = decoded[MODULE_KEYS.PX_KEY]
     scale = getattr(px, "scale", None)
     if isinstance(scale, torch.Tensor):
         return scale
-    return px.probs
+    if unobserved_depth is None or not isinstance(px, FactorisedBernoulli):
+        return px.probs
+    sd = decoded[MODULE_KEYS.LIBRARY_KEY].scale.reshape(-1, 1) * unobserved_depth.reshape(-1, 1)
+    base = px.logits
+    probs = torch.zeros_like(base)
+    for node, weight in zip(_GH_NODES, _GH_WEIGHTS, strict=True):
+        shift = (float(node) * sd) * px.region_depth
+        probs += float(weight) * torch.sigmoid(base + shift)
+    return probs / float(_GH_WEIGHTS.sum())
