@@ -144,3 +144,20 @@ def test_cellbench_three_clusters_recover_cell_lines(quiet):
     ari = adjusted_rand_score(adata.obs["cell_line"], model.get_cluster_assignments())
     print(f"CellBench n_clusters=3: ARI {ari:.3f}")
     assert ari >= 0.9
+
+
+def test_cluster_probability_plot(adata, quiet):
+    import matplotlib.figure
+
+    from scgenvae import pl
+
+    PoissonVAE.setup_anndata(adata, batch_key="batch")
+    model = PoissonVAE(adata, n_latent=4, n_clusters=3)
+    model.train(max_epochs=3, seed=0, **quiet)
+    with pytest.raises(KeyError, match="export_latent"):
+        pl.cluster_probabilities(adata)
+    model.export_latent(adata)
+    adata.obsm["X_umap"] = adata.obsm["X_scgenvae"][:, :2]
+    fig = pl.cluster_probabilities(adata)
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert len([ax for ax in fig.axes if ax.get_visible()]) >= 4  # assignment + 3 probabilities
