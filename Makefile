@@ -30,9 +30,18 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --output benchmarks/RESULTS.md
 
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+# offline build (no intersphinx, notebooks rendered from their committed outputs); warnings fail
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check scgenvae tests benchmarks
 	$(VENV)/bin/ruff format --check scgenvae tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output docs/_build docs/generated
