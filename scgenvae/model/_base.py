@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch import Callback
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
     CategoricalJointObsField,
@@ -53,6 +54,143 @@ logger = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 1
 _MODEL_FILE = "model.pt"
+#: file of the training checkpoint in ``train(checkpoint_dir=...)``
+_CHECKPOINT_FILE = "last.ckpt"
+#: our entry in a Lightning checkpoint
+_CKPT_KEY = "scgenvae"
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of torch's global generator for one epoch of one process."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)[0])
+
+
+def _plain_history(history: dict | None) -> dict:
+    """Logged history as plain lists (a checkpoint loads without unpickling pandas)."""
+    out = {}
+    for key, frame in (history or {}).items():
+        out[key] = {
+            "index": [int(i) for i in frame.index],
+            "index_name": frame.index.name,
+            "values": [float(v) for v in frame.iloc[:, 0]],
+        }
+    return out
+
+
+def _history_frames(history: dict) -> dict[str, pd.DataFrame]:
+    out = {}
+    for key, rec in history.items():
+        frame = pd.DataFrame({key: rec["values"]}, index=rec["index"], dtype=object)
+        frame.index.name = rec["index_name"]
+        out[key] = frame
+    return out
+
+
+def _non_finite_terms(losses) -> list[str]:
+    """Names of the non-finite terms of a :class:`scvi.module.base.LossOutput`."""
+    if losses is None:
+        return []
+    out = []
+    # not kl_global: scvi-tools fills it with ``0 * loss``, non-finite along with any term
+    groups = {
+        "reconstruction of": losses.reconstruction_loss,
+        "KL term": losses.kl_local,
+        "term": losses.extra_metrics,
+    }
+    for label, terms in groups.items():
+        for name, value in (terms or {}).items():
+            if isinstance(value, torch.Tensor) and not torch.isfinite(value).all():
+                out.append(f"{label} {name!r}")
+    return out
+
+
+class _EpochCheckpoint(Callback):
+    """Save ``dir_path/last.ckpt`` every ``every`` epochs and after the last, atomically.
+
+    Written at the end of an epoch, where Lightning's own ``ModelCheckpoint`` writes (a state
+    Lightning resumes from exactly). The logged history goes with it, including the values of
+    the epoch just finished, which Lightning hands to the logger only after this hook.
+    """
+
+    def __init__(self, dir_path: Path, *, every: int) -> None:
+        super().__init__()
+        self.dir_path = Path(dir_path)
+        self.every = int(every)
+        self._pending: dict[str, float] = {}
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        done = trainer.current_epoch + 1
+        if done % self.every and done < (trainer.max_epochs or 0):
+            return
+        target = self.dir_path / _CHECKPOINT_FILE
+        tmp = self.dir_path / f".{_CHECKPOINT_FILE}.tmp"
+        self._pending = _pending_epoch_log(trainer)
+        try:
+            trainer.save_checkpoint(tmp)  # every process calls it; rank 0 writes
+        finally:
+            self._pending = {}
+        if trainer.is_global_zero:
+            tmp.replace(target)
+        trainer.strategy.barrier("scgenvae_checkpoint")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        history = {
+            k: v.copy() for k, v in (getattr(trainer.logger, "history", None) or {}).items()
+        }
+        for key, value in self._pending.items():
+            if key not in history:
+                history[key] = pd.DataFrame(columns=[key])
+                history[key].index.name = "epoch"
+            history[key].loc[trainer.current_epoch, key] = value
+        checkpoint.setdefault(_CKPT_KEY, {})["history"] = _plain_history(history)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        history = checkpoint.get(_CKPT_KEY, {}).get("history")
+        experiment = getattr(trainer.logger, "experiment", None)
+        if history and isinstance(getattr(experiment, "data", None), dict):
+            experiment.data.update(_history_frames(history))
+
+
+def _pending_epoch_log(trainer) -> dict[str, float]:
+    """Epoch-level metrics that Lightning logs after the epoch-end hooks (read in one)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    try:
+        logged = connector.metrics["log"]
+    except (AttributeError, AssertionError, KeyError, TypeError):  # Lightning internals moved
+        return {}
+    return {k: float(v) for k, v in logged.items() if k not in ("epoch", "step")}
+
+
+def _check_checkpoint(path: Path, dir_path: Path, module: torch.nn.Module, model_name: str):
+    """Raise a clear error when ``path`` was written by another kind of model."""
+    fix = f"Pass another `checkpoint_dir` or delete {dir_path} to start afresh."
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        msg = f"`checkpoint_dir={str(dir_path)!r}` holds an unreadable checkpoint ({err}). {fix}"
+        raise ValueError(msg) from err
+    meta = ckpt.get(_CKPT_KEY) if isinstance(ckpt, dict) else None
+    if meta is None or meta.get("model_class") != model_name:
+        got = None if meta is None else meta.get("model_class")
+        msg = (
+            f"`checkpoint_dir={str(dir_path)!r}` holds a checkpoint of "
+            f"{got or 'something other than scgenvae'}, not of a {model_name}. {fix}"
+        )
+        raise ValueError(msg)
+    expected = {f"module.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    if saved != expected:
+        diff = sorted(k for k in expected.keys() | saved.keys() if expected.get(k) != saved.get(k))
+        detail = ", ".join(
+            f"{k.removeprefix('module.')}: saved {saved.get(k)}, model {expected.get(k)}"
+            for k in diff[:3]
+        )
+        msg = (
+            f"`checkpoint_dir={str(dir_path)!r}` holds a checkpoint of a {model_name} with other "
+            f"dimensions (architecture or data differ: {detail}). {fix}"
+        )
+        raise ValueError(msg)
+    return meta
 
 
 class ScgenvaeTrainingPlan(TrainingPlan):
@@ -72,9 +210,13 @@ class ScgenvaeTrainingPlan(TrainingPlan):
     cluster_init_epoch
         With a discrete latent: epochs of plain-VAE warm-up before the mixture components are
         placed on k-means clusters of the posterior means (the tau schedule starts then).
+    model_class
+        Name of the model class, recorded in checkpoints.
     seed
-        Seed torch (and Lightning) right before the first epoch, so that training is
-        reproducible whatever ran before in the process.
+        Seed torch (and Lightning) right before the first epoch, and torch's global generator
+        (reparameterisation, dropout) again at the start of every epoch from
+        ``(seed, epoch, rank)``: an epoch's randomness does not depend on the epochs before it,
+        so a run resumed from a checkpoint repeats an uninterrupted one exactly.
     **kwargs
         Passed to :class:`scvi.train.TrainingPlan`.
     """
@@ -88,10 +230,12 @@ class ScgenvaeTrainingPlan(TrainingPlan):
         n_epochs_tau_anneal: int | None = 100,
         cluster_init_epoch: int = 10,
         seed: int | None = None,
+        model_class: str | None = None,
         **kwargs,
     ):
         super().__init__(module, **kwargs)
         self.seed = seed
+        self.model_class = model_class
         self.cluster_init_epoch = cluster_init_epoch
         self.tau_start = tau_start
         self.tau_min = tau_min
@@ -107,7 +251,25 @@ class ScgenvaeTrainingPlan(TrainingPlan):
             seed_everything(self.seed, verbose=False)
 
     def on_train_epoch_start(self) -> None:
-        """Initialise the mixture prior from the latent after the warm-up epochs."""
+        """Seed this epoch; initialise the mixture prior after the warm-up epochs."""
+        if self.seed is not None:
+            torch.manual_seed(_epoch_seed(self.seed, self.current_epoch, self.global_rank))
+        self._maybe_initialise_prior()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the model class and seed, checked before resuming."""
+        checkpoint.setdefault(_CKPT_KEY, {}).update(
+            format_version=_FORMAT_VERSION, seed=self.seed, model_class=self.model_class
+        )
+
+    def forward(self, *args, **kwargs):
+        """The module's forward; the loss terms are kept to name a non-finite one."""
+        out = super().forward(*args, **kwargs)
+        if isinstance(out, tuple) and len(out) == 3:
+            self._last_loss_output = out[2]
+        return out
+
+    def _maybe_initialise_prior(self) -> None:
         prior = self.module.prior
         if (
             getattr(prior, "n_clusters", None)
@@ -116,13 +278,21 @@ class ScgenvaeTrainingPlan(TrainingPlan):
         ):
             was_training = self.module.training
             self.module.eval()
+            datamodule = self.trainer.datamodule
+            # every training cell, not this process's shard only (distributed training)
+            loader = getattr(datamodule, "all_train_cells", datamodule.train_dataloader)()
             means = []
             with torch.no_grad():
-                for batch in self.trainer.datamodule.train_dataloader():
+                for batch in loader:
                     batch = {k: v.to(self.device) for k, v in batch.items()}
                     out = self.module.inference(**self.module._get_inference_input(batch))
                     means.append(out[MODULE_KEYS.QZ_KEY].loc)
             prior.initialise(torch.cat(means), seed=self.seed or 0)
+            if self.trainer.world_size > 1:  # same prior on every process: rank 0's
+                state = self.trainer.strategy.broadcast(
+                    {k: v.cpu() for k, v in prior.state_dict().items()}, src=0
+                )
+                prior.load_state_dict(state)
             self.module.train(was_training)
 
     @property
@@ -138,12 +308,17 @@ class ScgenvaeTrainingPlan(TrainingPlan):
         """Update ``tau`` (when the model has a discrete latent), then step as scvi does."""
         if "tau" in self.loss_kwargs:
             self.loss_kwargs["tau"] = self.tau
+        self._last_loss_output = None
         out = super().training_step(batch, batch_idx)
         loss = out["loss"] if isinstance(out, dict) else out
         if not torch.isfinite(loss):
+            terms = _non_finite_terms(self._last_loss_output)
+            which = ", ".join(terms) if terms else "the total loss"
             msg = (
-                f"training loss became {float(loss)} at epoch {self.current_epoch}. Check the input for extreme values, lower the learning rate "
-                "(`plan_kwargs={'lr': 1e-4}`) or the batch size."
+                f"training loss became {float(loss.detach())} at epoch {self.current_epoch}, step "
+                f"{batch_idx}: non-finite {which}. Check the input for extreme values, lower the "
+                "learning rate (`lr=1e-4`) or the batch size; for a KL term, a longer KL warm-up "
+                "(`n_epochs_kl_warmup`) can help."
             )
             raise FloatingPointError(msg)
         return out
@@ -330,9 +505,16 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         n_epochs_kl_warmup: int | None = None,
         lr: float = 1e-3,
         plan_kwargs: dict | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 10,
         **trainer_kwargs,
     ) -> None:
         """Train the model with scvi-tools' Lightning machinery.
+
+        Training can run on several devices or machines through Lightning's distributed data
+        parallel strategies (``strategy="ddp"``, ``devices=N``, ``num_nodes=M``; see the user
+        guide's page on distributed training): each process trains on its share of the cells
+        and the model is trained in the launching process afterwards.
 
         Parameters
         ----------
@@ -356,9 +538,17 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             Adam learning rate.
         plan_kwargs
             More arguments for the training plan (:class:`ScgenvaeTrainingPlan`).
+        checkpoint_dir
+            Folder for a training checkpoint (``last.ckpt``, replaced atomically every
+            ``checkpoint_every`` epochs and after the last one). If it already holds a checkpoint
+            of this kind of model, training resumes from it: with the same ``seed``, the result
+            is the same as that of an uninterrupted run. A checkpoint of another model (other
+            class or dimensions) raises a ``ValueError``. ``None``: no checkpoints.
+        checkpoint_every
+            Epochs between checkpoints.
         **trainer_kwargs
             More arguments for :class:`scvi.train.Trainer` (for instance
-            ``enable_progress_bar=False``).
+            ``enable_progress_bar=False``, ``strategy="ddp"``, ``num_nodes=2``).
         """
         seed = settings.seed if seed is None else seed
         if max_epochs is None:
@@ -371,6 +561,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             plan_kwargs["optimizer"] = "Custom"
             plan_kwargs["optimizer_creator"] = partial(_fused_adam, lr=plan_kwargs["lr"])
         plan_kwargs.setdefault("seed", seed)
+        plan_kwargs.setdefault("model_class", type(self).__name__)
         if n_epochs_kl_warmup is None:
             n_epochs_kl_warmup = min(100, max(1, max_epochs // 4))
         plan_kwargs.setdefault("n_epochs_kl_warmup", n_epochs_kl_warmup)
@@ -385,7 +576,31 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         if train_size is None and not early_stopping:
             train_size = 1.0
         self._train_seed = seed
-        with _quiet_sparse_warnings():
+        if checkpoint_dir is not None:
+            if int(checkpoint_every) < 1:
+                msg = f"`checkpoint_every` must be a positive number of epochs, got {checkpoint_every}."
+                raise ValueError(msg)
+            checkpoint_dir = Path(checkpoint_dir)
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            last = checkpoint_dir / _CHECKPOINT_FILE
+            if last.exists():
+                meta = _check_checkpoint(last, checkpoint_dir, self.module, type(self).__name__)
+                if meta.get("seed") != seed:
+                    logger.warning(
+                        "resuming from %s, saved by a run with seed %s (this one: %s); the "
+                        "result will differ from an uninterrupted run.",
+                        last,
+                        meta.get("seed"),
+                        seed,
+                    )
+                logger.info("resuming training from %s", last)
+                trainer_kwargs["ckpt_path"] = str(last)
+            trainer_kwargs["callbacks"] = [
+                *trainer_kwargs.get("callbacks", []),
+                _EpochCheckpoint(checkpoint_dir, every=checkpoint_every),
+            ]
+        self.module.train()  # a trained model is left in eval mode; Lightning expects train mode
+        with _quiet_sparse_warnings(), _distributed_log_dir(trainer_kwargs):
             super().train(
                 max_epochs=max_epochs,
                 accelerator=accelerator,
@@ -745,6 +960,23 @@ def _fused_adam(params, *, lr: float) -> torch.optim.Adam:
     params = [p for p in params if p.requires_grad]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
     return torch.optim.Adam(params, lr=lr, eps=0.01, weight_decay=1e-6, fused=fused)
+
+
+@contextmanager
+def _distributed_log_dir(trainer_kwargs: dict) -> Iterator[None]:
+    """Give scvi-tools' logger a private folder for its history file under DDP.
+
+    With a ``ddp`` strategy scvi-tools' logger writes the history to
+    ``<log_save_dir or cwd>/lightning_logs/version_1/history.pkl`` for the launching process to
+    read; a temporary folder keeps it out of the working directory and away from old runs.
+    """
+    strategy = trainer_kwargs.get("strategy")
+    if "log_save_dir" in trainer_kwargs or not (isinstance(strategy, str) and "ddp" in strategy):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="scgenvae_logs_") as tmp:
+        trainer_kwargs["log_save_dir"] = tmp
+        yield
 
 
 @contextmanager

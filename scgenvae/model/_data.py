@@ -4,12 +4,18 @@ scvi-tools' ``AnnDataLoader`` re-reads every registry field from the AnnData for
 minibatch; on matrices that fit in memory that bookkeeping costs more than the model's own
 arithmetic. Here each field is converted once (small dense matrices straight to a torch
 tensor, wide sparse ones kept as CSR and handed to the model sparse), and the order of cells
-comes from an explicit, seeded :class:`torch.Generator`, so training does not depend on any
-global random state.
+comes from an explicit :class:`torch.Generator` seeded from ``(seed, epoch)``, so the order of
+an epoch depends neither on any global random state nor on the epochs before it: a run resumed
+from a checkpoint sees the same minibatches as an uninterrupted one.
+
+Under distributed data parallel training (Lightning's ``ddp`` strategies) every process draws the
+same permutation and takes every ``world_size``-th cell of it, padded as
+:class:`torch.utils.data.DistributedSampler` does so that all processes step equally often.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +25,7 @@ from lightning.pytorch import LightningDataModule
 from scipy import sparse
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from scvi.data import AnnDataManager
 
@@ -69,9 +75,15 @@ class MinibatchIterable:
     shuffle
         Shuffle each epoch with a generator seeded by ``seed`` and the epoch number.
     seed
-        Seed of the shuffling.
+        Seed of the shuffling (``None``: a fresh seed per iterable).
     sparse_keys
         Keys handed to the model as sparse CSR tensors.
+    epoch
+        Returns the number of the epoch being iterated (for instance the trainer's
+        ``current_epoch``); without it epochs are counted from 0 by this iterable.
+    rank, world_size
+        This process's shard: every ``world_size``-th cell of the (shuffled) order starting at
+        ``rank``, padded by wrapping around so that each shard has the same length.
     """
 
     def __init__(
@@ -83,28 +95,41 @@ class MinibatchIterable:
         shuffle: bool,
         seed: int | None = 0,
         sparse_keys: frozenset[str] = frozenset(),
+        epoch: Callable[[], int] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.arrays = arrays
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.seed = seed
+        # seed=None: fresh entropy from the OS (the global random state is left alone)
+        self.seed = int(np.random.default_rng(seed).integers(2**31 - 1)) if seed is None else seed
         self.sparse_keys = sparse_keys
-        self._epoch = 0
+        self.epoch = epoch
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self._count = 0
+
+    def _shard_size(self) -> int:
+        return math.ceil(len(self.indices) / self.world_size) if len(self.indices) else 0
 
     def __len__(self) -> int:
-        return int(np.ceil(len(self.indices) / self.batch_size))
+        return math.ceil(self._shard_size() / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         idx = self.indices
         if self.shuffle:
+            epoch = self.epoch() if self.epoch is not None else self._count
+            self._count += 1
             gen = torch.Generator()
-            if self.seed is None:
-                gen.seed()
-            else:
-                gen.manual_seed(int(self.seed) * 100_003 + self._epoch)
+            gen.manual_seed(self.seed * 100_003 + int(epoch))
             idx = idx[torch.randperm(len(idx), generator=gen).numpy()]
-            self._epoch += 1
+        if self.world_size > 1:
+            # pad by wrapping around, then every world_size-th cell (DistributedSampler's rule)
+            idx = np.resize(idx, self._shard_size() * self.world_size)[
+                self.rank :: self.world_size
+            ]
         for start in range(0, len(idx), self.batch_size):
             chunk = idx[start : start + self.batch_size]
             if self.sparse_keys:  # sorted rows slice CSR matrices faster
@@ -174,17 +199,56 @@ class InMemoryDataSplitter(LightningDataModule):
         self.test_idx = order[self.n_train + self.n_val :]
         self.batch_size = batch_size
         self.seed = seed
+        self._shuffle_seed = seed
         self.sparse_keys = frozenset(sparse_keys)
         self.arrays = registry_arrays(adata_manager, self.sparse_keys)
 
+    def _shard(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return {"rank": 0, "world_size": 1}
+        return {"rank": trainer.global_rank, "world_size": trainer.world_size}
+
+    def _current_epoch(self) -> int:
+        return 0 if self.trainer is None else self.trainer.current_epoch
+
+    def setup(self, stage: str | None = None) -> None:
+        """Make every process of a distributed run use the same split and shuffling seed.
+
+        Processes started by ``torchrun``/``srun`` or Lightning's ``ddp`` launcher each build
+        their own splitter; rank 0's split and seed are broadcast to the others.
+        """
+        del stage
+        trainer = self.trainer
+        if self.seed is None:
+            self._shuffle_seed = int(np.random.default_rng().integers(2**31 - 1))
+        if trainer is None or trainer.world_size == 1:
+            return
+        shared = (self.train_idx, self.val_idx, self.test_idx, self._shuffle_seed)
+        self.train_idx, self.val_idx, self.test_idx, self._shuffle_seed = (
+            trainer.strategy.broadcast(shared, src=0)
+        )
+
     def train_dataloader(self) -> MinibatchIterable:
-        """Shuffled minibatches of the training cells."""
+        """Shuffled minibatches of the training cells (this process's shard of them)."""
         return MinibatchIterable(
             self.arrays,
             self.train_idx,
             batch_size=self.batch_size,
             shuffle=True,
-            seed=self.seed,
+            seed=self._shuffle_seed,
+            sparse_keys=self.sparse_keys,
+            epoch=self._current_epoch,
+            **self._shard(),
+        )
+
+    def all_train_cells(self, batch_size: int | None = None) -> MinibatchIterable:
+        """Every training cell in order, unsharded (for computations over the whole set)."""
+        return MinibatchIterable(
+            self.arrays,
+            self.train_idx,
+            batch_size=batch_size or self.batch_size,
+            shuffle=False,
             sparse_keys=self.sparse_keys,
         )
 
@@ -198,4 +262,5 @@ class InMemoryDataSplitter(LightningDataModule):
             batch_size=self.batch_size,
             shuffle=False,
             sparse_keys=self.sparse_keys,
+            **self._shard(),
         )
