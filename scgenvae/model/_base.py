@@ -58,6 +58,8 @@ _MODEL_FILE = "model.pt"
 _CHECKPOINT_FILE = "last.ckpt"
 #: our entry in a Lightning checkpoint
 _CKPT_KEY = "scgenvae"
+#: Lightning's DDP strategy names that have a ``*_find_unused_parameters_true`` variant
+_DDP_ALIASES = frozenset({"ddp", "ddp_fork", "ddp_notebook"})
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -134,9 +136,8 @@ class _EpochCheckpoint(Callback):
         trainer.strategy.barrier("scgenvae_checkpoint")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        history = {
-            k: v.copy() for k, v in (getattr(trainer.logger, "history", None) or {}).items()
-        }
+        logged = getattr(trainer.logger, "history", None)  # not a dict on ranks other than 0
+        history = {k: v.copy() for k, v in logged.items()} if isinstance(logged, dict) else {}
         for key, value in self._pending.items():
             if key not in history:
                 history[key] = pd.DataFrame(columns=[key])
@@ -514,7 +515,8 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         Training can run on several devices or machines through Lightning's distributed data
         parallel strategies (``strategy="ddp"``, ``devices=N``, ``num_nodes=M``; see the user
         guide's page on distributed training): each process trains on its share of the cells
-        and the model is trained in the launching process afterwards.
+        and the model is trained in the launching process afterwards. In notebooks and
+        interactive sessions use ``strategy="ddp_notebook"``; ``"ddp_spawn"`` is not supported.
 
         Parameters
         ----------
@@ -599,8 +601,26 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 *trainer_kwargs.get("callbacks", []),
                 _EpochCheckpoint(checkpoint_dir, every=checkpoint_every),
             ]
+        strategy = trainer_kwargs.get("strategy")
+        if isinstance(strategy, str) and strategy.startswith("ddp_spawn"):
+            msg = (
+                f"`strategy={strategy!r}` is not supported: it pickles the model, with its data, "
+                "to every process. Use `strategy='ddp'` in scripts (and under torchrun/srun) or "
+                "`strategy='ddp_notebook'` in notebooks and interactive sessions."
+            )
+            raise ValueError(msg)
+        if strategy in _DDP_ALIASES:
+            # count decoders carry p(log library | z) parameters that only an unobserved modality
+            # uses, so a step may leave some parameters without gradient: DDP must expect that
+            trainer_kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
         self.module.train()  # a trained model is left in eval mode; Lightning expects train mode
-        with _quiet_sparse_warnings(), _distributed_log_dir(trainer_kwargs):
+        with (
+            _quiet_sparse_warnings(),
+            _distributed_log_dir(trainer_kwargs),
+            warnings.catch_warnings(),
+        ):
+            if not early_stopping:  # scvi-tools says so under DDP even when it was not asked for
+                warnings.filterwarnings("ignore", message="early_stopping was automatically")
             super().train(
                 max_epochs=max_epochs,
                 accelerator=accelerator,
