@@ -175,3 +175,35 @@ def test_load_refuses_other_format_versions(adata, quiet, tmp_path):
     (tmp_path / "model.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a readable scgenvae model file"):
         PoissonVAE.load(tmp_path, adata.copy())
+
+
+def test_resume_reproduces_multivae_with_discrete_latent(mdata, quiet, tmp_path):
+    """Sparse ATAC, mixture prior initialised at epoch 2, crash in epoch 4 (in-process)."""
+    from lightning.pytorch import Callback
+
+    from scgenvae.model import MultiVAE
+
+    class Crash(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.current_epoch == 4:
+                msg = "simulated crash"
+                raise RuntimeError(msg)
+
+    def run(**kwargs):
+        data = mdata.copy()
+        MultiVAE.setup_mudata(data)
+        model = MultiVAE(data, n_latent=4, n_clusters=3)
+        model.train(max_epochs=6, seed=0, plan_kwargs={"cluster_init_epoch": 2}, **quiet, **kwargs)
+        return model
+
+    ckpt = {"checkpoint_dir": tmp_path, "checkpoint_every": 2}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(callbacks=[Crash()], **ckpt)
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 3
+    resumed, uninterrupted = run(**ckpt), run()
+    np.testing.assert_allclose(
+        resumed.get_latent_representation(), uninterrupted.get_latent_representation(), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        resumed.get_cluster_probabilities(), uninterrupted.get_cluster_probabilities(), atol=1e-6
+    )
