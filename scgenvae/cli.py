@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,19 +18,65 @@ logger = logging.getLogger(__name__)
 def _read(path: Path):
     """Read an .h5ad or .h5mu file with a clear error for missing or unreadable files."""
     import anndata as ad
+    import h5py
 
     if not path.exists():
         msg = f"input file {path} does not exist."
         raise SystemExit(msg)
+    if path.is_dir():
+        msg = f"input {path} is a folder; pass an .h5ad or .h5mu file."
+        raise SystemExit(msg)
+    kind = "h5mu" if path.suffix == ".h5mu" else "h5ad"
     try:
-        if path.suffix == ".h5mu":
+        with h5py.File(path, "r") as f:
+            looks_right = "mod" in f if kind == "h5mu" else "obs" in f and "var" in f
+    except OSError as err:
+        msg = (
+            f"could not read {path} as {kind}: it is not an HDF5 file, or it is truncated "
+            f"({err}). Write it with `adata.write_h5ad(...)` / `mdata.write_h5mu(...)`."
+        )
+        raise SystemExit(msg) from err
+    if not looks_right:
+        need = "a 'mod' group" if kind == "h5mu" else "'obs' and 'var' groups"
+        msg = (
+            f"could not read {path} as {kind}: the HDF5 file lacks {need}, so it was not "
+            f"written by {'mudata' if kind == 'h5mu' else 'anndata'}."
+        )
+        raise SystemExit(msg)
+    try:
+        if kind == "h5mu":
             import mudata as md
 
             return md.read_h5mu(path)
         return ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as err:
-        msg = f"could not read {path} as {'h5mu' if path.suffix == '.h5mu' else 'h5ad'}: {err}"
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        msg = f"could not read {path} as {kind}: {err}"
         raise SystemExit(msg) from err
+
+
+def _check_output(path: Path) -> None:
+    """Fail before training, not after, when the output cannot be written."""
+    if path.is_dir():
+        msg = f"`--output {path}` is a folder; pass a file name (e.g. {path / 'out.h5ad'})."
+        raise SystemExit(msg)
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        msg = f"`--output {path}`: cannot write into {parent}."
+        raise SystemExit(msg)
+
+
+def _positive_int(text: str) -> int:
+    """Integer of at least 1 (an argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"must be a positive integer, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -37,6 +84,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     from scgenvae.model import PoissonVAE
 
+    _check_output(Path(args.output))
     data = _read(Path(args.input))
     train_kwargs = {"max_epochs": args.max_epochs, "seed": args.seed}
     if isinstance(data, MuData):
@@ -91,8 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--output", "-o", required=True, help="output file (same format as input)")
     fit.add_argument("--layer", default=None, help="layer with raw counts (default .X)")
     fit.add_argument("--batch-key", default=None, help="obs column with the batch")
-    fit.add_argument("--n-latent", type=int, default=10, help="latent dimension (default 10)")
-    fit.add_argument("--max-epochs", type=int, default=None, help="epochs (default: by data size)")
+    fit.add_argument(
+        "--n-latent", type=_positive_int, default=10, help="latent dimension (default 10)"
+    )
+    fit.add_argument(
+        "--max-epochs", type=_positive_int, default=None, help="epochs (default: by data size)"
+    )
     fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     fit.add_argument("--key-added", default="X_scgenvae", help="obsm key of the latent")
     fit.add_argument("--rna-mod", default="rna", help="RNA modality of a MuData (default rna)")
@@ -102,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(func=_fit)
     demo = sub.add_parser("demo", help="run the main job on the bundled data")
     demo.add_argument("--output", "-o", default="demo_output", help="output folder")
-    demo.add_argument("--max-epochs", type=int, default=None, help="override the epochs")
+    demo.add_argument("--max-epochs", type=_positive_int, default=None, help="override the epochs")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(func=_demo)
     return parser

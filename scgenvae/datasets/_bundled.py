@@ -42,13 +42,34 @@ def _path(name: str) -> Path:
     return path
 
 
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    msg = (
+        f"bundled data file {path} cannot be read ({type(err).__name__}: {err}); it is "
+        "truncated or not the original file (a Git LFS pointer?). Replace it with a fresh copy "
+        "(see data/README.md for its source)."
+    )
+    return ValueError(msg)
+
+
 def _read_h5mu(path: Path) -> MuData:
     import mudata as md
 
-    with warnings.catch_warnings():
-        # the bundled files were converted with h5py directly, so they lack mudata's header
-        warnings.filterwarnings("ignore", message="The HDF5 file was not created by muon/mudata")
-        return md.read_h5mu(path)
+    try:
+        with warnings.catch_warnings():
+            # the bundled files were converted with h5py directly: they lack mudata's header
+            warnings.filterwarnings(
+                "ignore", message="The HDF5 file was not created by muon/mudata"
+            )
+            return md.read_h5mu(path)
+    except (OSError, KeyError) as err:
+        raise _unreadable(path, err) from err
+
+
+def _read_h5ad(path: Path) -> ad.AnnData:
+    try:
+        return ad.read_h5ad(path)
+    except (OSError, KeyError) as err:
+        raise _unreadable(path, err) from err
 
 
 def scicar_a549() -> MuData:
@@ -78,7 +99,7 @@ def fucci_ipsc() -> ad.AnnData:
     Raw UMI counts (``.X`` and ``layers["counts"]``), Ensembl var_names with symbols in
     ``var["hgnc"]``. Hsiao et al. 2020 (Genome Research 30:611, GSE121265), via peco, GPL >= 3.
     """
-    return ad.read_h5ad(_path("fucci_ipsc"))
+    return _read_h5ad(_path("fucci_ipsc"))
 
 
 def cellbench() -> ad.AnnData:
@@ -87,7 +108,7 @@ def cellbench() -> ad.AnnData:
     ``obs["protocol"]`` is CEL-seq2 (274 cells) or Drop-seq (225); raw integer counts of 28,066
     genes (Ensembl ids). Tian et al. 2019 (Nature Methods 16:479, GSE118767), sc_mixology, MIT.
     """
-    return ad.read_h5ad(_path("cellbench"))
+    return _read_h5ad(_path("cellbench"))
 
 
 def tricycle_neurosphere() -> ad.AnnData:
@@ -95,7 +116,7 @@ def tricycle_neurosphere() -> ad.AnnData:
 
     Zheng et al. 2022 (Genome Biology 23:41). Round the counts before fitting a count model.
     """
-    return ad.read_h5ad(_path("tricycle_neurosphere"))
+    return _read_h5ad(_path("tricycle_neurosphere"))
 
 
 def tricycle_reference():

@@ -63,6 +63,15 @@ def synthetic_cell_cycle(
     """
     from scgenvae.tl._markers import G2M_GENES, S_GENES
 
+    from ._synthetic import check_sizes
+
+    check_sizes(n_obs=n_obs, n_groups=n_groups)
+    if isinstance(n_other, bool) or not isinstance(n_other, int | np.integer) or n_other < 0:
+        msg = f"`n_other` must be a non-negative integer, got {n_other!r}."
+        raise ValueError(msg)
+    if not (depth > 0 and np.isfinite(depth) and np.isfinite(amplitude)):
+        msg = f"`depth` must be positive and `amplitude` finite, got {depth!r} and {amplitude!r}."
+        raise ValueError(msg)
     if not (s_fraction > 0 and g2m_fraction > 0 and s_fraction + g2m_fraction < 1):
         msg = "`s_fraction` and `g2m_fraction` must be positive and sum to less than 1."
         raise ValueError(msg)

@@ -17,6 +17,14 @@ if TYPE_CHECKING:
     RNGLike = Generator
 
 
+def check_sizes(**sizes) -> None:
+    """Each size must be a positive integer (a clear error instead of numpy's)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            msg = f"`{name}` must be a positive integer, got {value!r}."
+            raise ValueError(msg)
+
+
 def _programs(rng: Generator, n_obs: int, n_groups: int, n_batches: int, n_latent: int):
     group = rng.integers(n_groups, size=n_obs)
     batch = rng.integers(n_batches, size=n_obs)
@@ -67,6 +75,9 @@ def synthetic_rna(
     rng
         Seed or :class:`numpy.random.Generator`.
     """
+    check_sizes(
+        n_obs=n_obs, n_vars=n_vars, n_batches=n_batches, n_groups=n_groups, n_latent=n_latent
+    )
     rng = np.random.default_rng(rng)
     group, batch, z = _programs(rng, n_obs, n_groups, n_batches, n_latent)
     x = _rna(rng, z, batch, n_vars, n_batches)
@@ -103,6 +114,17 @@ def synthetic_multiome(
     """
     import mudata as md
 
+    check_sizes(
+        n_obs=n_obs,
+        n_genes=n_genes,
+        n_peaks=n_peaks,
+        n_batches=n_batches,
+        n_groups=n_groups,
+        n_latent=n_latent,
+    )
+    if not 0 < peak_density < 1:
+        msg = f"`peak_density` must be in (0, 1), got {peak_density!r}."
+        raise ValueError(msg)
     rng = np.random.default_rng(rng)
     group, batch, z = _programs(rng, n_obs, n_groups, n_batches, n_latent)
     rna = _rna(rng, z, batch, n_genes, n_batches)

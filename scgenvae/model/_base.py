@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import warnings
 import weakref
@@ -43,6 +44,7 @@ from scgenvae._settings import settings
 from scgenvae.distributions import FactorisedBernoulli
 
 from ._data import InMemoryDataSplitter, MinibatchIterable, registry_arrays
+from ._validate import check_known_categories, check_trainable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -406,11 +408,19 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError(msg)
         args, source_registry = found
         internal = self._build_internal(data, args)
+        training = source_registry is None
+        if training:
+            check_trainable(internal.n_obs)
+        else:
+            check_known_categories(internal.obs, source_registry, _category_keys(args))
         manager = AnnDataManager(
             fields=self._fields(args),
             setup_method_args={"setup_method_name": self._setup_method, "setup_args": dict(args)},
         )
-        manager.register_fields(internal, source_registry=source_registry)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            manager.register_fields(internal, source_registry=source_registry)
+        _restate_small_categories(caught, manager, args, training=training)
         type(self).register_manager(manager)
         BaseModelClass.__init__(self, internal)
         self._setup_args = dict(args)
@@ -433,13 +443,19 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 )
                 raise ValueError(msg)
         internal = self._build_internal(data, self._setup_args)
+        check_known_categories(
+            internal.obs, self.adata_manager._registry, _category_keys(self._setup_args)
+        )
         scvi_logger = logging.getLogger("scvi")
         level = scvi_logger.level
         scvi_logger.setLevel(logging.WARNING)  # the transfer notice concerns our internal object
         try:
-            self._validate_anndata(internal)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self._validate_anndata(internal)
         finally:
             scvi_logger.setLevel(level)
+        _restate_small_categories(caught, self.adata_manager, self._setup_args, training=False)
         return internal
 
     def _make_module(self, **module_kwargs):
@@ -860,6 +876,9 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         cluster_key_added, cluster_probs_key_added
             obs/obsm keys of the cluster assignment and probabilities.
         """
+        if getattr(data, "is_view", False):
+            msg = "`data` is a view; pass `data.copy()` (a view cannot be annotated in place)."
+            raise ValueError(msg)
         latent = self.get_latent_representation(data, give_mean=give_mean)
         probs = None
         if getattr(self.module.prior, "n_clusters", None):
@@ -957,22 +976,64 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             msg = f"{target} holds a {payload['model_class']}; load it with that class."
             raise ValueError(msg)
         getattr(cls, cls._setup_method)(data, **payload["setup_args"])
-        _SETUP.put(data, cls.__name__, payload["setup_args"], payload["registry"])
-        model = cls(data, **payload["init_params"])
         features = cls._feature_names(data, payload["setup_args"])
         for m, names in payload["features"].items():
             if list(features[m]) != names:
                 msg = (
                     f"{m}: the saved model expects {len(names):,} features in the trained order, "
-                    f"the data has {len(features[m]):,}; subset with `data[:, names]`."
+                    f"the data has {len(features[m]):,} (or other names/order); subset with "
+                    "`data[:, names]`."
                 )
                 raise ValueError(msg)
+        _SETUP.put(data, cls.__name__, payload["setup_args"], payload["registry"])
+        model = cls(data, **payload["init_params"])
         model.module.load_state_dict(payload["state_dict"])
         model.module.to("cuda" if accelerator == "gpu" else "cpu")
         model.module.eval()
         model.is_trained_ = payload["is_trained"]
         model.history_ = {k: pd.DataFrame(v) for k, v in payload["history"].items()}
         return model
+
+
+def _category_keys(args: dict) -> dict[str, str | None]:
+    """Registry key -> user obs column of the single-column categorical fields."""
+    return {
+        REGISTRY_KEYS.BATCH_KEY: args.get("batch_key"),
+        REGISTRY_KEYS.LABELS_KEY: args.get("labels_key"),
+    }
+
+
+_SMALL_CATEGORY = re.compile(
+    r"Category (\S+) in adata\.obs\['_scvi_(\w+)'\] has fewer than 3 cells"
+)
+
+
+def _restate_small_categories(
+    caught: list[warnings.WarningMessage], manager, args: dict, *, training: bool
+) -> None:
+    """Re-emit warnings caught while registering, restating scvi's small-category notice.
+
+    scvi-tools warns about categories with fewer than 3 cells naming its internal column
+    (``_scvi_batch``); for training data the warning is restated with the user's column and
+    category, for new data (nothing is trained on it) it is dropped.
+    """
+    for w in caught:
+        match = _SMALL_CATEGORY.search(str(w.message))
+        if match is None:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
+        col = _category_keys(args).get(match.group(2))
+        if not training or col is None:
+            continue
+        mapping = manager.get_state_registry(match.group(2)).categorical_mapping
+        code = int(match.group(1)) if match.group(1).isdigit() else -1
+        name = mapping[code] if 0 <= code < len(mapping) else match.group(1)
+        warnings.warn(
+            f"category {name!r} of adata.obs[{col!r}] has fewer than 3 cells; the model "
+            "learns little about it (merge it into another category or drop these cells).",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _fused_adam(params, *, lr: float) -> torch.optim.Adam:

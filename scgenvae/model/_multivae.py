@@ -87,12 +87,23 @@ def _column(
     """Covariate ``key`` from the joint obs, else from a modality's obs (aligned to cells)."""
     if key in obs.columns:
         return obs[key].reindex(cells)
+    found = None
     for name, mod in mods:
         for col in (key, f"{name}:{key}"):
             if col in mod.obs.columns:
-                return mod.obs[col].reindex(cells)
-        if f"{name}:{key}" in obs.columns:
-            return obs[f"{name}:{key}"].reindex(cells)
+                values = mod.obs[col]
+                break
+        else:
+            if f"{name}:{key}" not in obs.columns:
+                continue
+            values = obs[f"{name}:{key}"]
+        values = values.reindex(cells)
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            values = values.astype(object)
+        # unpaired cells: the value comes from whichever modality has the cell
+        found = values if found is None else found.combine_first(values)
+    if found is not None:
+        return found
     available = sorted(set(obs.columns).union(*[set(m.obs.columns) for _, m in mods]))
     msg = f"{key!r} not found in mdata.obs or the modalities' obs; available: {available}."
     raise KeyError(msg)
@@ -258,11 +269,18 @@ class MultiVAE(BaseScgenvaeModel):
         if not ((rows_rna >= 0) | (rows_atac >= 0)).any() or len(cells) == 0:
             msg = f"mod[{rna_mod!r}] and mod[{atac_mod!r}] share no cells with mdata.obs_names."
             raise ValueError(msg)
+        for name, mod in ((rna_mod, rna), (atac_mod, atac)):
+            if not mod.var_names.is_unique:
+                msg = (
+                    f"mod[{name!r}].var_names are not unique; call "
+                    f"`mdata.mod[{name!r}].var_names_make_unique()` first."
+                )
+                raise ValueError(msg)
         check_values(
-            get_matrix(rna, rna_layer, where=f"mod[{rna_mod!r}]"),
+            get_matrix(rna, rna_layer, where=f"mod[{rna_mod!r}]", arg="rna_layer"),
             where=f"RNA ({rna_mod!r}, layer {rna_layer})",
         )
-        atac_x = get_matrix(atac, atac_layer, where=f"mod[{atac_mod!r}]")
+        atac_x = get_matrix(atac, atac_layer, where=f"mod[{atac_mod!r}]", arg="atac_layer")
         check_values(atac_x, where=f"ATAC ({atac_mod!r}, layer {atac_layer})", counts=False)
         mods = [(rna_mod, rna), (atac_mod, atac)]
         keys = [k for k in [batch_key, *(args["categorical_covariate_keys"] or [])] if k]
@@ -301,9 +319,11 @@ class MultiVAE(BaseScgenvaeModel):
     def _build_internal(self, data, args: dict) -> AnnData:
         rna, atac, cells, obs = _modalities(data, args)
         rows_rna, rows_atac = _rows(rna, cells), _rows(atac, cells)
-        x_rna = get_matrix(rna, args["rna_layer"], where="RNA")
+        x_rna = get_matrix(rna, args["rna_layer"], where="RNA", arg="rna_layer")
         check_values(x_rna, where="RNA counts")
-        x_atac = get_matrix(atac, args["atac_layer"], where="ATAC")
+        if sparse.issparse(x_rna) and x_rna.format != "csr":
+            x_rna = sparse.csr_matrix(x_rna)  # row slicing needs CSR (the user's is kept)
+        x_atac = get_matrix(atac, args["atac_layer"], where="ATAC", arg="atac_layer")
         x_atac = sparse.csr_matrix(x_atac) if not sparse.issparse(x_atac) else x_atac
         if getattr(self, "_atac_likelihood", "bernoulli") == "bernoulli":
             values = x_atac.data

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 from scvi.data.fields import LayerField
 
 from scgenvae._constants import REGISTRY_KEYS
@@ -198,6 +199,8 @@ class PoissonVAE(BaseScgenvaeModel):
         check_shape(data)
         x = get_matrix(data, args["layer"])
         check_values(x, where="the counts")
+        if sparse.issparse(x) and x.format != "csr":
+            x = sparse.csr_matrix(x)  # CSC or COO: row slicing needs CSR (the user's is kept)
         cols = [
             k
             for k in (

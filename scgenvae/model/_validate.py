@@ -9,6 +9,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from scipy import sparse
 
 if TYPE_CHECKING:
@@ -17,29 +18,44 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def get_matrix(adata: AnnData, layer: str | None, *, where: str = "adata"):
-    """Return ``adata.X`` or ``adata.layers[layer]`` with a clear error when it is missing."""
+def in_memory(mat):
+    """``mat`` itself, or an in-memory copy of a backed matrix (``backed="r"`` AnnData).
+
+    A backed ``.X`` is an HDF5 dataset: it is read once into memory (the model trains in
+    memory); the file is not changed.
+    """
+    if hasattr(mat, "to_memory"):  # backed sparse dataset
+        return mat.to_memory()
+    if type(mat).__module__.startswith("h5py"):  # backed dense dataset
+        return mat[()]
+    return mat
+
+
+def get_matrix(adata: AnnData, layer: str | None, *, where: str = "adata", arg: str = "layer"):
+    """``adata.X`` or ``adata.layers[layer]`` (in memory) with a clear error when it is missing.
+
+    ``arg`` is the name of the user's argument that chose ``layer`` (named in the error).
+    """
     if layer is None:
         if adata.X is None:
             msg = (
-                f"{where}.X is empty (None); pass `layer=` naming the layer that holds the counts."
+                f"{where}.X is empty (None); pass `{arg}=` naming the layer that holds the counts."
             )
             raise ValueError(msg)
-        return adata.X
+        return in_memory(adata.X)
     if layer not in adata.layers:
         msg = (
-            f"`layer={layer!r}` not found in {where}.layers; available: {list(adata.layers)}. "
-            "Pass `layer=None` to use .X."
+            f"`{arg}={layer!r}` not found in {where}.layers; available: {list(adata.layers)}. "
+            f"Pass `{arg}=None` to use .X."
         )
         raise KeyError(msg)
-    return adata.layers[layer]
+    return in_memory(adata.layers[layer])
 
 
 def _values(mat) -> np.ndarray:
+    mat = in_memory(mat)
     if sparse.issparse(mat):
         return np.asarray(mat.data)
-    if hasattr(mat, "to_memory"):  # backed sparse dataset
-        return _values(mat.to_memory())
     return np.asarray(mat)
 
 
@@ -114,9 +130,68 @@ def check_continuous(obs, keys: Sequence[str], *, where: str = "adata.obs") -> N
     """Continuous covariates must be finite numbers."""
     for key in keys:
         col = obs[key]
-        if not np.issubdtype(col.dtype, np.number):
-            msg = f"continuous covariate {where}[{key!r}] has dtype {col.dtype}; pass it in `categorical_covariate_keys` instead."
+        if not pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+            msg = (
+                f"continuous covariate {where}[{key!r}] has dtype {col.dtype}, not a number; "
+                "pass it in `categorical_covariate_keys` instead."
+            )
             raise TypeError(msg)
         if not np.isfinite(col.to_numpy(dtype=float)).all():
             msg = f"continuous covariate {where}[{key!r}] has NaN or infinite values."
             raise ValueError(msg)
+
+
+#: fewest cells a model can be trained on: scvi-tools' data split drops a last minibatch of
+#: fewer than 3 cells, so with fewer cells no training step would run at all
+MIN_TRAIN_CELLS = 3
+
+
+def check_trainable(n_obs: int, *, where: str = "adata") -> None:
+    """Refuse to build a model for training on fewer than :data:`MIN_TRAIN_CELLS` cells."""
+    if n_obs < MIN_TRAIN_CELLS:
+        msg = (
+            f"{where} has {n_obs} cell(s); training needs at least {MIN_TRAIN_CELLS}. Train on "
+            "more cells, then embed these with `model.get_latent_representation(adata)`."
+        )
+        raise ValueError(msg)
+
+
+def check_known_categories(
+    obs: pd.DataFrame, registry: dict, keys: dict[str, str | None], *, where: str = "adata.obs"
+) -> None:
+    """Every category of new data must have been seen in training.
+
+    Parameters
+    ----------
+    obs
+        obs frame of the new data (columns named as in the user's object).
+    registry
+        The trained model's data registry (``AnnDataManager._registry``, as saved).
+    keys
+        Registry key -> obs column (``None`` when the field is not used), for the
+        single-column categorical fields (batch, labels).
+    """
+    from scgenvae._constants import REGISTRY_KEYS
+
+    fields = registry.get("field_registries", {})
+    for reg_key, col in keys.items():
+        if col is None or col not in obs.columns or reg_key not in fields:
+            continue
+        state = fields[reg_key].get("state_registry", {})
+        seen = [str(c) for c in state.get("categorical_mapping", [])]
+        _report_unseen(obs[col], seen, col, where)
+    cat = fields.get(REGISTRY_KEYS.CAT_COVS_KEY, {}).get("state_registry", {})
+    for col, seen in (cat.get("mappings") or {}).items():
+        if col in obs.columns:
+            _report_unseen(obs[col], [str(c) for c in seen], col, where)
+
+
+def _report_unseen(values: pd.Series, seen: list[str], col: str, where: str) -> None:
+    new = sorted(set(values.dropna().astype(str)) - set(seen))
+    if new:
+        msg = (
+            f"{where}[{col!r}] has categories not seen in training: {new[:10]}"
+            f"{' ...' if len(new) > 10 else ''}; the model knows {seen}. Relabel these cells "
+            "to a training category or train a model that includes them."
+        )
+        raise ValueError(msg)

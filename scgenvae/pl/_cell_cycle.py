@@ -120,6 +120,12 @@ def cell_cycle(
         coords = np.asarray(adata.obsm[params["obsm_key"]])[:, :2]
         xlabel, ylabel = "cycle axis 1", "cycle axis 2"
     else:
+        if basis not in adata.obsm:
+            msg = (
+                f"`basis={basis!r}` not found in adata.obsm; available: {list(adata.obsm)}. "
+                "Compute it first (e.g. `sc.tl.umap(adata)`) or pass `basis=None`."
+            )
+            raise KeyError(msg)
         coords = np.asarray(adata.obsm[basis])[:, :2]
         xlabel, ylabel = f"{basis} 1", f"{basis} 2"
     order = np.argsort(np.nan_to_num(angle, nan=-1.0))
@@ -341,8 +347,16 @@ def traversal_heatmap(
         if "modality" not in data.var:
             msg = "the traversal has no var['modality']; pass `modality=None`."
             raise KeyError(msg)
-        data = data[:, (data.var["modality"] == modality).to_numpy()]
-    x = np.asarray(data.X, dtype=np.float64)
+        keep = (data.var["modality"] == modality).to_numpy()
+        if not keep.any():
+            msg = (
+                f"`modality={modality!r}` has no features in the traversal; available: "
+                f"{sorted(set(data.var['modality'].astype(str)))}."
+            )
+            raise ValueError(msg)
+        data = data[:, keep]
+    x = data.X.toarray() if sparse.issparse(data.X) else data.X
+    x = np.asarray(x, dtype=np.float64)
     labels = (
         data.var[gene_symbols].astype(str).to_numpy()
         if gene_symbols is not None

@@ -69,7 +69,11 @@ def _get_scores(
     score_kwargs: dict[str, Any],
     rng,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """S and G2/M scores aligned with ``data``'s cells; computed (and written) when missing."""
+    """S and G2/M scores aligned with ``data``'s cells; computed when missing.
+
+    Nothing is written here: the caller writes computed scores once the fit has succeeded, so
+    a failing call leaves the user's object as it was.
+    """
     obs = data.obs
     if s_score_key in obs and g2m_score_key in obs:
         s = pd.to_numeric(obs[s_score_key], errors="coerce").to_numpy(dtype=np.float64)
@@ -83,16 +87,12 @@ def _get_scores(
             )
             raise KeyError(msg)
         scored = score_cell_cycle(data.mod[modality], copy=True, rng=rng, **score_kwargs)
-        cols = scored.obs[["S_score", "G2M_score", "phase"]].reindex(data.obs_names)
-        data.obs[s_score_key] = cols["S_score"].to_numpy()
-        data.obs[g2m_score_key] = cols["G2M_score"].to_numpy()
+        cols = scored.obs[["S_score", "G2M_score"]].reindex(data.obs_names)
     else:
         scored = score_cell_cycle(data, copy=True, rng=rng, **score_kwargs)
-        data.obs[s_score_key] = scored.obs["S_score"].to_numpy()
-        data.obs[g2m_score_key] = scored.obs["G2M_score"].to_numpy()
-    logger.info("added obs[%r] and obs[%r] (marker scores)", s_score_key, g2m_score_key)
-    s = data.obs[s_score_key].to_numpy(dtype=np.float64)
-    g = data.obs[g2m_score_key].to_numpy(dtype=np.float64)
+        cols = scored.obs[["S_score", "G2M_score"]]
+    s = cols["S_score"].to_numpy(dtype=np.float64)
+    g = cols["G2M_score"].to_numpy(dtype=np.float64)
     return s, g, True
 
 
@@ -501,6 +501,12 @@ def align_cell_cycle(
     x_fit = rep[fit]
     center = x_fit.mean(0)
     x = x_fit - center
+    if not np.any(x):
+        msg = (
+            f"obsm[{use_rep!r}] is the same for every cell: there is no cycle to fit. Check "
+            "that the model was trained (`model.export_latent(adata)` after `model.train()`)."
+        )
+        raise ValueError(msg)
     s, g = s_all[fit], g_all[fit]
 
     phi0 = _initial_angle(x, s, g, init)
@@ -603,6 +609,10 @@ def align_cell_cycle(
 
     angle_key, phase_key = f"{key_added}_angle", f"{key_added}_phase"
     obsm_key = f"{use_rep}_cycle" if key_added == "cell_cycle" else f"{use_rep}_{key_added}"
+    if scored:
+        adata.obs[s_score_key] = s_all
+        adata.obs[g2m_score_key] = g_all
+        logger.info("added obs[%r] and obs[%r] (marker scores)", s_score_key, g2m_score_key)
     adata.obs[angle_key] = angle_out
     adata.obs[phase_key] = pd.Categorical(phase, categories=list(PHASES))
     adata.obsm[obsm_key] = rotated

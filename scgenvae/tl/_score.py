@@ -202,6 +202,9 @@ def score_cell_cycle(
     if adata.is_view:
         msg = "`adata` is a view; pass `adata.copy()`."
         raise ValueError(msg)
+    if adata.n_obs == 0:
+        msg = "`adata` has no cells (0 observations): nothing to score."
+        raise ValueError(msg)
     genes = marker_var_names(
         adata, organism=organism, gene_symbols=gene_symbols, s_genes=s_genes, g2m_genes=g2m_genes
     )

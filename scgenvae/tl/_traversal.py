@@ -89,8 +89,15 @@ def latent_traversal(
     >>> trav = scgenvae.tl.latent_traversal(model, adata, n_steps=100)
     >>> scgenvae.pl.traversal_heatmap(trav, genes=["PCNA", "MCM6", "CDK1"], gene_symbols="hgnc")
     """
-    if n_steps < 2:
-        msg = f"`n_steps` must be at least 2, got {n_steps}."
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 2:
+        msg = f"`n_steps` must be an integer of at least 2, got {n_steps!r}."
+        raise ValueError(msg)
+    if isinstance(along, bool):
+        msg = f"`along` must be 'cell_cycle' or a latent dimension (int), got {along!r}."
+        raise TypeError(msg)
+    lo_q, hi_q = (float(v) for v in quantiles)
+    if not 0.0 <= lo_q < hi_q <= 1.0:
+        msg = f"`quantiles` must be two increasing numbers in [0, 1], got {quantiles!r}."
         raise ValueError(msg)
     n_latent = int(model.module.n_latent)
     obs: dict[str, np.ndarray] = {"step": np.arange(n_steps)}
