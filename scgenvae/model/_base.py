@@ -155,7 +155,11 @@ class _EpochCheckpoint(Callback):
 
 
 def _pending_epoch_log(trainer) -> dict[str, float]:
-    """Epoch-level metrics that Lightning logs after the epoch-end hooks (read in one)."""
+    """Epoch-level metrics that Lightning hands to the logger after the epoch-end hooks.
+
+    Read from Lightning's logger connector (not public API); empty if that ever moves, which
+    only leaves the checkpointed epoch out of a resumed run's history.
+    """
     connector = getattr(trainer, "_logger_connector", None)
     try:
         logged = connector.metrics["log"]
