@@ -43,7 +43,15 @@ from scgenvae._constants import (
 from scgenvae._settings import settings
 from scgenvae.distributions import FactorisedBernoulli
 
-from ._data import InMemoryDataSplitter, MinibatchIterable, registry_arrays
+from ._data import (
+    DEFAULT_BLOCK_SIZE,
+    STREAMS,
+    BlockMinibatchIterable,
+    InMemoryDataSplitter,
+    MinibatchIterable,
+    RowSource,
+    registry_arrays,
+)
 from ._validate import check_known_categories, check_trainable
 
 if TYPE_CHECKING:
@@ -477,7 +485,11 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
     def _feature_means(self, modalities: dict) -> dict[str, np.ndarray]:
         """Per-feature means of each modality in the training data (decoder initialisation)."""
         out = {}
+        streams = STREAMS.get(self.adata)
         for m, spec in modalities.items():
+            if spec.registry_key in streams:  # from the set-up scan, not from the stand-in
+                out[m] = streams[spec.registry_key].col_means()
+                continue
             x = (
                 self.adata.X
                 if spec.registry_key == REGISTRY_KEYS.X_KEY
@@ -487,6 +499,20 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 x = (x > 0).astype(np.float32)
             out[m] = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
         return out
+
+    @staticmethod
+    def _row_totals(internal: AnnData, key: str) -> np.ndarray:
+        """Per-cell totals of a registered matrix (from the set-up scan when it is streamed)."""
+        streams = STREAMS.get(internal)
+        if key in streams:
+            return streams[key].row_totals()
+        x = internal.X if key == REGISTRY_KEYS.X_KEY else internal.obsm[key]
+        return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+
+    @property
+    def is_streamed(self) -> bool:
+        """Whether the training matrices stay on disk (backed data) and are streamed."""
+        return bool(STREAMS.get(self.adata))
 
     @property
     def feature_names(self) -> dict[str, pd.Index]:
@@ -528,6 +554,8 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs: dict | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 10,
+        load_in_memory: bool | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
         **trainer_kwargs,
     ) -> None:
         """Train the model with scvi-tools' Lightning machinery.
@@ -568,6 +596,16 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             class or dimensions) raises a ``ValueError``. ``None``: no checkpoints.
         checkpoint_every
             Epochs between checkpoints.
+        load_in_memory
+            Hold the count matrices in memory during training. ``None`` (default): yes for
+            in-memory data, no for backed data (``anndata.read_h5ad(path, backed="r")``,
+            ``mudata.read_h5mu(path, backed=True)``), whose minibatches are then streamed from
+            disk in blocks of ``block_size`` rows, so memory does not grow with the number of
+            cells. ``True`` reads a backed matrix into memory once (faster epochs when it fits);
+            ``False`` streams in-memory data the same way as backed data.
+        block_size
+            Rows read at a time when streaming: the blocks are visited in a random order and
+            the cells of each block shuffled (seeded by ``seed`` and the epoch).
         **trainer_kwargs
             More arguments for :class:`scvi.train.Trainer` (for instance
             ``enable_progress_bar=False``, ``strategy="ddp"``, ``num_nodes=2``).
@@ -650,22 +688,42 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 batch_size=batch_size,
                 early_stopping=early_stopping,
                 plan_kwargs=plan_kwargs,
-                datasplitter_kwargs={"seed": seed, "sparse_keys": self._sparse_keys},
+                datasplitter_kwargs={
+                    "seed": seed,
+                    "sparse_keys": self._sparse_keys,
+                    **self._stream_kwargs(load_in_memory=load_in_memory, block_size=block_size),
+                },
                 **trainer_kwargs,
             )
         self.module.eval()
+
+    def _stream_kwargs(self, *, load_in_memory: bool | None, block_size: int) -> dict:
+        """Data-splitter arguments choosing between in-memory and streamed minibatches."""
+        if int(block_size) < 1:
+            msg = f"`block_size` must be a positive number of rows, got {block_size}."
+            raise ValueError(msg)
+        streams = STREAMS.get(self.adata)
+        if load_in_memory is False and not streams:  # stream in-memory data as if backed
+            keys = {spec.registry_key for spec in self._module_kwargs["modalities"].values()}
+            streams = {k: RowSource(self.adata_manager.get_from_registry(k)) for k in keys}
+        return {
+            "streams": streams,
+            "load_in_memory": bool(load_in_memory),
+            "block_size": int(block_size),
+        }
 
     # inference ----------------------------------------------------------------------
     def _loader(self, internal: AnnData, indices=None, batch_size: int | None = None):
         manager = self.get_anndata_manager(internal, required=True)
         indices = np.arange(internal.n_obs) if indices is None else np.asarray(indices)
-        return MinibatchIterable(
-            registry_arrays(manager, self._sparse_keys),
-            indices,
-            batch_size=batch_size or 1024,
-            shuffle=False,
-            sparse_keys=self._sparse_keys,
-        )
+        streams = STREAMS.get(internal)
+        arrays = registry_arrays(manager, self._sparse_keys, skip=set(streams))
+        kwargs = {"batch_size": batch_size or 1024, "shuffle": False}
+        if streams:  # backed data: one block of rows in memory at a time
+            return BlockMinibatchIterable(
+                arrays, streams, indices, sparse_keys=self._sparse_keys, **kwargs
+            )
+        return MinibatchIterable(arrays, indices, sparse_keys=self._sparse_keys, **kwargs)
 
     def _iter_inference(
         self,

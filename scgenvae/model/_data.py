@@ -11,11 +11,18 @@ from a checkpoint sees the same minibatches as an uninterrupted one.
 Under distributed data parallel training (Lightning's ``ddp`` strategies) every process draws the
 same permutation and takes every ``world_size``-th cell of it, padded as
 :class:`torch.utils.data.DistributedSampler` does so that all processes step equally often.
+
+Matrices too large for memory (a backed AnnData/MuData) are streamed instead
+(:class:`BlockMinibatchIterable`): rows are read from disk in contiguous blocks, the order of
+blocks and the order of cells within each block are shuffled by the same ``(seed, epoch)``
+generator design, and only one block is in memory at a time. The small per-cell fields (batch
+codes, covariates) stay in memory.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,13 +31,22 @@ import torch
 from lightning.pytorch import LightningDataModule
 from scipy import sparse
 
+from ._validate import read_rows
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from anndata import AnnData
     from scvi.data import AnnDataManager
+
+    from ._validate import MatrixScan
 
 #: dense copies up to this many entries are made once (bigger matrices are sliced per batch)
 _DENSIFY_LIMIT = 50_000_000
+#: rows read from disk at a time when streaming (``train(block_size=...)``)
+DEFAULT_BLOCK_SIZE = 32_768
+#: a dense block holds at most this many entries (its rows are capped accordingly)
+_DENSE_BLOCK_ENTRIES = 2**26
 
 
 def _as_torch(value, *, keep_sparse: bool):
@@ -140,12 +156,215 @@ class MinibatchIterable:
             }
 
 
-def registry_arrays(adata_manager: AnnDataManager, sparse_keys: frozenset[str]) -> dict:
-    """Every registered field of the manager's AnnData, converted once."""
+def registry_arrays(
+    adata_manager: AnnDataManager,
+    sparse_keys: frozenset[str],
+    *,
+    skip: frozenset[str] | set[str] = frozenset(),
+) -> dict:
+    """Every registered field of the manager's AnnData (except ``skip``), converted once."""
     return {
         key: _as_torch(adata_manager.get_from_registry(key), keep_sparse=key in sparse_keys)
         for key in adata_manager.data_registry
+        if key not in skip
     }
+
+
+class RowSource:
+    """Rows of a cells x features matrix, read block by block (from disk when it is backed).
+
+    Parameters
+    ----------
+    matrix
+        A backed CSR sparse dataset, a dense HDF5 dataset, or an in-memory matrix.
+    scan
+        Its per-cell and per-feature sums (:func:`~scgenvae.model._validate.scan_matrix`);
+        only needed for :meth:`row_totals` and :meth:`col_means`.
+    binarize
+        Hand out ``value > 0`` instead of the values (Bernoulli likelihood on counts).
+    """
+
+    def __init__(self, matrix, *, scan: MatrixScan | None = None, binarize: bool = False):
+        self.matrix = matrix
+        self.scan = scan
+        self.binarize = binarize
+        self.shape = tuple(int(d) for d in matrix.shape)
+        self.dense = not (hasattr(matrix, "to_memory") or sparse.issparse(matrix))
+
+    def read(self, start: int, stop: int):
+        """Rows ``start:stop`` as float32 CSR (sparse matrices) or a dense float32 array."""
+        block = read_rows(self.matrix, start, stop)
+        if sparse.issparse(block):
+            block = block.astype(np.float32, copy=False)
+            if self.binarize:
+                block.data = (block.data > 0).astype(np.float32)
+            block.sort_indices()
+            return block
+        block = np.asarray(block, dtype=np.float32)
+        return (block > 0).astype(np.float32) if self.binarize else block
+
+    def row_totals(self) -> np.ndarray:
+        """Per-cell totals (of the binarised values with ``binarize``)."""
+        return (self.scan.row_nnz if self.binarize else self.scan.row_sums).astype(np.float64)
+
+    def col_means(self) -> np.ndarray:
+        """Per-feature means (of the binarised values with ``binarize``)."""
+        sums = self.scan.col_nnz if self.binarize else self.scan.col_sums
+        return np.asarray(sums, dtype=np.float64) / max(self.shape[0], 1)
+
+    def to_memory(self):
+        """The whole matrix in memory (CSR for sparse matrices)."""
+        return self.read(0, self.shape[0])
+
+
+class _StreamStore:
+    """Row sources of internal AnnData objects whose matrices stay on disk.
+
+    Keyed by the identity of the internal object (the model's own, never the user's). Its
+    registered matrix is a stand-in, see ``BaseScgenvaeModel._build_internal``.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[int, tuple[weakref.ref, dict[str, RowSource]]] = {}
+
+    def put(self, internal: AnnData, sources: dict[str, RowSource]) -> None:
+        self._store = {k: v for k, v in self._store.items() if v[0]() is not None}
+        self._store[id(internal)] = (weakref.ref(internal), dict(sources))
+
+    def get(self, internal: AnnData) -> dict[str, RowSource]:
+        entry = self._store.get(id(internal))
+        if entry is None or entry[0]() is not internal:
+            return {}
+        return dict(entry[1])
+
+
+STREAMS = _StreamStore()
+
+
+def stand_in(n_obs: int, n_vars: int) -> sparse.csr_matrix:
+    """An all-zero CSR matrix of the right shape (no entries; its size is O(n_obs))."""
+    return sparse.csr_matrix((n_obs, n_vars), dtype=np.float32)
+
+
+def block_rows(sources: dict[str, RowSource], block_size: int) -> int:
+    """Rows per block: ``block_size``, fewer where a dense source would make a block too big."""
+    rows = int(block_size)
+    for source in sources.values():
+        if source.dense:
+            rows = min(rows, max(1, _DENSE_BLOCK_ENTRIES // max(source.shape[1], 1)))
+    return max(rows, 1)
+
+
+def _to_tensor(rows, *, keep_sparse: bool) -> torch.Tensor:
+    if not sparse.issparse(rows):
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    if keep_sparse:
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(rows.indptr.astype(np.int64)),
+            torch.from_numpy(rows.indices.astype(np.int64)),
+            torch.from_numpy(rows.data),
+            size=rows.shape,
+        )
+    return torch.from_numpy(rows.toarray())
+
+
+class BlockMinibatchIterable(MinibatchIterable):
+    """Minibatches streamed from row sources, one contiguous block of rows in memory at a time.
+
+    The epoch's order of cells (:meth:`order`): the blocks of ``block_size`` rows that hold
+    ``indices`` in a random order, and within each block its cells in a random order, both drawn
+    from a :class:`torch.Generator` seeded by ``seed`` and the epoch as in
+    :class:`MinibatchIterable`. Minibatches are consecutive runs of this order, so each block is
+    read once per epoch. Without ``shuffle`` the cells come in the order of ``indices`` (sorted
+    indices read each block once).
+
+    Parameters
+    ----------
+    arrays
+        In-memory registry fields (registry key -> tensor), indexed by cell.
+    sources
+        Registry key -> :class:`RowSource` of the streamed matrices.
+    block_size
+        Rows per block read from the sources (default :data:`DEFAULT_BLOCK_SIZE`).
+    **kwargs
+        As :class:`MinibatchIterable`.
+    """
+
+    def __init__(
+        self,
+        arrays: dict,
+        sources: dict[str, RowSource],
+        indices: np.ndarray,
+        *,
+        block_size: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(arrays, indices, **kwargs)
+        self.sources = dict(sources)
+        self.block_size = block_rows(self.sources, block_size or DEFAULT_BLOCK_SIZE)
+        self.n_rows = next(iter(self.sources.values())).shape[0]
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Every cell of ``indices`` once, grouped by block, in the order of ``epoch``."""
+        idx = self.indices
+        if not self.shuffle:
+            return idx
+        gen = torch.Generator()
+        gen.manual_seed(self.seed * 100_003 + int(epoch))
+        # the cells' permutation is drawn first, as in MinibatchIterable: with a single block
+        # the order (and so training) is the same as that of the in-memory path
+        within = idx[torch.randperm(len(idx), generator=gen).numpy()]
+        ids = np.unique(idx // self.block_size)
+        rank = np.empty(int(ids[-1]) + 1 if len(ids) else 0, dtype=np.int64)
+        rank[ids] = torch.randperm(len(ids), generator=gen).numpy()
+        # a stable sort on the block's rank keeps the random order of cells within each block
+        return within[np.argsort(rank[within // self.block_size], kind="stable")]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch = 0
+        if self.shuffle:
+            epoch = self.epoch() if self.epoch is not None else self._count
+            self._count += 1
+        idx = self.order(epoch)
+        if self.world_size > 1:  # same sharding rule as the in-memory iterable
+            idx = np.resize(idx, self._shard_size() * self.world_size)[
+                self.rank :: self.world_size
+            ]
+        cached: tuple[int, dict] | None = None
+        for start in range(0, len(idx), self.batch_size):
+            chunk = idx[start : start + self.batch_size]
+            bids = chunk // self.block_size
+            # cells of one block together, blocks in order of first appearance (each block is
+            # read once per epoch); within a block sorted rows when some key is handed out
+            # sparse, as MinibatchIterable sorts them
+            first = {b: i for i, b in reversed(list(enumerate(bids.tolist())))}
+            block_rank = np.array([first[b] for b in bids.tolist()])
+            within = chunk if self.sparse_keys else np.zeros_like(chunk)
+            chunk = chunk[np.lexsort((within, block_rank))]
+            bids = chunk // self.block_size
+            pieces: dict[str, list] = {key: [] for key in self.sources}
+            for b in dict.fromkeys(bids.tolist()):
+                if cached is None or cached[0] != b:
+                    cached = None  # release the previous block before reading the next
+                    lo, hi = b * self.block_size, min((b + 1) * self.block_size, self.n_rows)
+                    cached = (b, {k: s.read(lo, hi) for k, s in self.sources.items()})
+                local = chunk[bids == b] - b * self.block_size
+                for key, block in cached[1].items():
+                    pieces[key].append(block[local])
+            out = {
+                key: _take(value, chunk, keep_sparse=key in self.sparse_keys)
+                for key, value in self.arrays.items()
+                if key not in self.sources
+            }
+            for key, parts in pieces.items():
+                if len(parts) == 1:
+                    rows = parts[0]
+                elif sparse.issparse(parts[0]):
+                    rows = sparse.vstack(parts, format="csr")
+                else:
+                    rows = np.concatenate(parts)
+                out[key] = _to_tensor(rows, keep_sparse=key in self.sparse_keys)
+            yield out
 
 
 class InMemoryDataSplitter(LightningDataModule):
@@ -168,6 +387,13 @@ class InMemoryDataSplitter(LightningDataModule):
         Seed of the split and of the per-epoch shuffling.
     sparse_keys
         Registry keys handed to the model as sparse CSR tensors.
+    streams
+        Registry key -> :class:`RowSource` of matrices streamed from disk block by block
+        (:class:`BlockMinibatchIterable`) instead of read into memory.
+    load_in_memory
+        Read the ``streams`` into memory once instead (when they fit).
+    block_size
+        Rows per block when streaming.
     **kwargs
         Arguments of scvi-tools' splitter that do not apply here (ignored).
     """
@@ -182,6 +408,9 @@ class InMemoryDataSplitter(LightningDataModule):
         *,
         seed: int | None = 0,
         sparse_keys: frozenset[str] = frozenset(),
+        streams: dict[str, RowSource] | None = None,
+        load_in_memory: bool = False,
+        block_size: int = DEFAULT_BLOCK_SIZE,
         **kwargs,
     ):
         super().__init__()
@@ -201,7 +430,24 @@ class InMemoryDataSplitter(LightningDataModule):
         self.seed = seed
         self._shuffle_seed = seed
         self.sparse_keys = frozenset(sparse_keys)
-        self.arrays = registry_arrays(adata_manager, self.sparse_keys)
+        self.streams = dict(streams or {})
+        self.block_size = int(block_size)
+        self.arrays = registry_arrays(adata_manager, self.sparse_keys, skip=set(self.streams))
+        if load_in_memory:
+            for key, source in self.streams.items():
+                self.arrays[key] = _as_torch(
+                    source.to_memory(), keep_sparse=key in self.sparse_keys
+                )
+            self.streams = {}
+
+    def _iterable(self, indices: np.ndarray, **kwargs) -> MinibatchIterable:
+        if not self.streams:
+            return MinibatchIterable(self.arrays, indices, **kwargs)
+        if not kwargs.get("shuffle"):
+            indices = np.sort(indices)  # one read of each block
+        return BlockMinibatchIterable(
+            self.arrays, self.streams, indices, block_size=self.block_size, **kwargs
+        )
 
     def _shard(self) -> dict[str, int]:
         trainer = self.trainer
@@ -231,8 +477,7 @@ class InMemoryDataSplitter(LightningDataModule):
 
     def train_dataloader(self) -> MinibatchIterable:
         """Shuffled minibatches of the training cells (this process's shard of them)."""
-        return MinibatchIterable(
-            self.arrays,
+        return self._iterable(
             self.train_idx,
             batch_size=self.batch_size,
             shuffle=True,
@@ -244,8 +489,7 @@ class InMemoryDataSplitter(LightningDataModule):
 
     def all_train_cells(self, batch_size: int | None = None) -> MinibatchIterable:
         """Every training cell in order, unsharded (for computations over the whole set)."""
-        return MinibatchIterable(
-            self.arrays,
+        return self._iterable(
             self.train_idx,
             batch_size=batch_size or self.batch_size,
             shuffle=False,
@@ -256,8 +500,7 @@ class InMemoryDataSplitter(LightningDataModule):
         """Minibatches of the validation cells (none when there are none)."""
         if not self.n_val:
             return []
-        return MinibatchIterable(
-            self.arrays,
+        return self._iterable(
             self.val_idx,
             batch_size=self.batch_size,
             shuffle=False,

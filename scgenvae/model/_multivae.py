@@ -17,7 +17,15 @@ from scgenvae._constants import REGISTRY_KEYS
 from scgenvae.module import ModalitySpec, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
-from ._validate import check_continuous, check_shape, check_values, get_matrix
+from ._data import STREAMS, RowSource, stand_in
+from ._validate import (
+    check_continuous,
+    check_shape,
+    check_values,
+    get_matrix,
+    scan_backed,
+    streamable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -209,8 +217,8 @@ class MultiVAE(BaseScgenvaeModel):
             dropout_rate=dropout_rate,
             encode_covariates=encode_covariates,
             library_log_means={
-                "rna": log_library_mean(np.asarray(rna.sum(axis=1))),
-                "atac": log_library_mean(np.asarray(atac.sum(axis=1))),
+                "rna": log_library_mean(self._row_totals(self.adata, REGISTRY_KEYS.X_KEY)),
+                "atac": log_library_mean(self._row_totals(self.adata, REGISTRY_KEYS.ATAC_KEY)),
             },
             modality_dropout=modality_dropout,
             alignment_weight=alignment_weight,
@@ -237,7 +245,10 @@ class MultiVAE(BaseScgenvaeModel):
     ) -> None:
         """Validate paired RNA + ATAC data and remember which fields the model reads.
 
-        Nothing is written into ``mdata`` and its modalities are not reordered.
+        Nothing is written into ``mdata`` and its modalities are not reordered. A backed MuData
+        (``mudata.read_h5mu(path, backed=True)``) whose modalities hold the same cells in the
+        same order is validated block by block and streamed from disk in training (see
+        :meth:`train`); other backed data are read into memory.
 
         Parameters
         ----------
@@ -276,12 +287,16 @@ class MultiVAE(BaseScgenvaeModel):
                     f"`mdata.mod[{name!r}].var_names_make_unique()` first."
                 )
                 raise ValueError(msg)
-        check_values(
-            get_matrix(rna, rna_layer, where=f"mod[{rna_mod!r}]", arg="rna_layer"),
-            where=f"RNA ({rna_mod!r}, layer {rna_layer})",
-        )
-        atac_x = get_matrix(atac, atac_layer, where=f"mod[{atac_mod!r}]", arg="atac_layer")
-        check_values(atac_x, where=f"ATAC ({atac_mod!r}, layer {atac_layer})", counts=False)
+        for mod, layer, name, arg, label, counts in (
+            (rna, rna_layer, rna_mod, "rna_layer", "RNA", True),
+            (atac, atac_layer, atac_mod, "atac_layer", "ATAC", False),
+        ):
+            x = get_matrix(mod, layer, where=f"mod[{name!r}]", arg=arg, keep_backed=True)
+            where = f"{label} ({name!r}, layer {layer})"
+            if streamable(x):  # block by block, without reading it whole
+                scan_backed(mod, layer, x, where=where, counts=counts)
+            else:
+                check_values(x, where=where, counts=counts)
         mods = [(rna_mod, rna), (atac_mod, atac)]
         keys = [k for k in [batch_key, *(args["categorical_covariate_keys"] or [])] if k]
         cont = args["continuous_covariate_keys"] or []
@@ -316,28 +331,74 @@ class MultiVAE(BaseScgenvaeModel):
         rna, atac, _, _ = _modalities(data, args)
         return {"rna": pd.Index(rna.var_names), "atac": pd.Index(atac.var_names)}
 
+    def _streamed(self, data, args: dict) -> dict[str, RowSource] | None:
+        """Row sources of backed RNA and ATAC matrices (``None``: in memory, as usual).
+
+        Streaming needs both modalities backed, on the same cells in the same order as the
+        MuData's cells; other backed data are read into memory (with a warning).
+        """
+        rna, atac, cells, _ = _modalities(data, args)
+        x_rna = get_matrix(rna, args["rna_layer"], where="RNA", arg="rna_layer", keep_backed=True)
+        x_atac = get_matrix(
+            atac, args["atac_layer"], where="ATAC", arg="atac_layer", keep_backed=True
+        )
+        if not (streamable(x_rna) or streamable(x_atac)):
+            return None
+        identity = np.arange(len(cells))
+        same_cells = all(
+            np.array_equal(_rows(mod, cells), identity) for mod in (rna, atac)
+        ) and isinstance(data, MuData)
+        if not (streamable(x_rna) and streamable(x_atac) and same_cells):
+            warnings.warn(
+                "this backed data is read into memory: streaming from disk needs a backed MuData "
+                "whose RNA and ATAC matrices (CSR or dense) hold the same cells in the same "
+                "order as mdata.obs_names.",
+                UserWarning,
+                stacklevel=5,
+            )
+            return None
+        bernoulli = getattr(self, "_atac_likelihood", "bernoulli") == "bernoulli"
+        scan_rna = scan_backed(rna, args["rna_layer"], x_rna, where="RNA counts")
+        scan_atac = scan_backed(atac, args["atac_layer"], x_atac, where="ATAC", counts=False)
+        if not bernoulli:
+            scan_atac = scan_backed(atac, args["atac_layer"], x_atac, where="ATAC counts")
+        elif not scan_atac.binary:
+            self._warn_binarising()
+        return {
+            REGISTRY_KEYS.X_KEY: RowSource(x_rna, scan=scan_rna),
+            REGISTRY_KEYS.ATAC_KEY: RowSource(
+                x_atac, scan=scan_atac, binarize=bernoulli and not scan_atac.binary
+            ),
+        }
+
+    @staticmethod
+    def _warn_binarising() -> None:
+        warnings.warn(
+            "ATAC values are not binary; binarising them (value > 0 -> 1) for the "
+            "Bernoulli likelihood. Use `atac_likelihood='poisson'` for fragment counts.",
+            UserWarning,
+            stacklevel=6,
+        )
+
     def _build_internal(self, data, args: dict) -> AnnData:
         rna, atac, cells, obs = _modalities(data, args)
         rows_rna, rows_atac = _rows(rna, cells), _rows(atac, cells)
-        x_rna = get_matrix(rna, args["rna_layer"], where="RNA", arg="rna_layer")
-        check_values(x_rna, where="RNA counts")
-        if sparse.issparse(x_rna) and x_rna.format != "csr":
-            x_rna = sparse.csr_matrix(x_rna)  # row slicing needs CSR (the user's is kept)
-        x_atac = get_matrix(atac, args["atac_layer"], where="ATAC", arg="atac_layer")
-        x_atac = sparse.csr_matrix(x_atac) if not sparse.issparse(x_atac) else x_atac
-        if getattr(self, "_atac_likelihood", "bernoulli") == "bernoulli":
-            values = x_atac.data
-            if values.size and not np.isin(values, (0, 1)).all():
-                warnings.warn(
-                    "ATAC values are not binary; binarising them (value > 0 -> 1) for the "
-                    "Bernoulli likelihood. Use `atac_likelihood='poisson'` for fragment counts.",
-                    UserWarning,
-                    stacklevel=4,
-                )
-                x_atac = (x_atac > 0).astype(np.float32)
+        streams = self._streamed(data, args)
+        if streams is not None:
+            # The matrices stay on disk: scvi's fields register all-zero stand-ins of the same
+            # shapes (they only record shapes and names, but their helpers would read a backed
+            # matrix), and our loaders read the rows from the backed matrices block by block.
+            x_rna = stand_in(*streams[REGISTRY_KEYS.X_KEY].shape)
+            x_atac = stand_in(*streams[REGISTRY_KEYS.ATAC_KEY].shape)
+            self._report_empty_features(
+                streams[REGISTRY_KEYS.X_KEY].col_means(),
+                streams[REGISTRY_KEYS.ATAC_KEY].col_means(),
+            )
         else:
-            check_values(x_atac, where="ATAC counts")
-        self._report_empty_features(x_rna, x_atac)
+            x_rna, x_atac = self._in_memory_matrices(rna, atac, args)
+            self._report_empty_features(
+                np.asarray(x_rna.sum(axis=0)).ravel(), np.asarray(x_atac.sum(axis=0)).ravel()
+            )
         mods = [(args["rna_mod"], rna), (args["atac_mod"], atac)]
         keys = [
             k
@@ -355,14 +416,32 @@ class MultiVAE(BaseScgenvaeModel):
             var=pd.DataFrame(index=pd.RangeIndex(rna.n_vars).astype(str)),
         )
         internal.obsm["atac"] = sparse.csr_matrix(_aligned(x_atac, rows_atac), dtype=np.float32)
+        if streams is not None:
+            STREAMS.put(internal, streams)
         return internal
 
-    def _report_empty_features(self, x_rna, x_atac) -> None:
+    def _in_memory_matrices(self, rna: AnnData, atac: AnnData, args: dict) -> tuple:
+        x_rna = get_matrix(rna, args["rna_layer"], where="RNA", arg="rna_layer")
+        check_values(x_rna, where="RNA counts")
+        if sparse.issparse(x_rna) and x_rna.format != "csr":
+            x_rna = sparse.csr_matrix(x_rna)  # row slicing needs CSR (the user's is kept)
+        x_atac = get_matrix(atac, args["atac_layer"], where="ATAC", arg="atac_layer")
+        x_atac = sparse.csr_matrix(x_atac) if not sparse.issparse(x_atac) else x_atac
+        if getattr(self, "_atac_likelihood", "bernoulli") == "bernoulli":
+            values = x_atac.data
+            if values.size and not np.isin(values, (0, 1)).all():
+                self._warn_binarising()
+                x_atac = (x_atac > 0).astype(np.float32)
+        else:
+            check_values(x_atac, where="ATAC counts")
+        return x_rna, x_atac
+
+    def _report_empty_features(self, col_rna: np.ndarray, col_atac: np.ndarray) -> None:
         if getattr(self, "_reported_empty", False):
             return
         self._reported_empty = True
-        n_g = int((np.asarray(x_rna.sum(axis=0)).ravel() == 0).sum())
-        n_p = int((np.asarray(x_atac.sum(axis=0)).ravel() == 0).sum())
+        n_g = int((col_rna == 0).sum())
+        n_p = int((col_atac == 0).sum())
         if n_g or n_p:
             logger.warning(
                 "%d genes and %d peaks have no counts; their decoded rates are learned towards 0 "

@@ -15,12 +15,15 @@ from scgenvae._constants import REGISTRY_KEYS
 from scgenvae.module import ModalitySpec, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
+from ._data import STREAMS, RowSource, stand_in
 from ._validate import (
     check_continuous,
     check_obs_keys,
     check_shape,
     check_values,
     get_matrix,
+    scan_backed,
+    streamable,
     warn_empty_cells,
 )
 
@@ -104,7 +107,6 @@ class PoissonVAE(BaseScgenvaeModel):
             "straight_through": straight_through,
         }
         self.init_params_ = {"kwargs": {"kwargs": dict(self._init_kwargs)}}
-        x = self.adata.X
         self.module = self._make_module(
             modalities={
                 "rna": ModalitySpec(REGISTRY_KEYS.X_KEY, self.adata.n_vars, gene_likelihood)
@@ -115,7 +117,9 @@ class PoissonVAE(BaseScgenvaeModel):
             n_layers=n_layers,
             dropout_rate=dropout_rate,
             encode_covariates=encode_covariates,
-            library_log_means={"rna": log_library_mean(np.asarray(x.sum(axis=1)))},
+            library_log_means={
+                "rna": log_library_mean(self._row_totals(self.adata, REGISTRY_KEYS.X_KEY))
+            },
             n_clusters=n_clusters,
             straight_through=straight_through,
         )
@@ -137,12 +141,14 @@ class PoissonVAE(BaseScgenvaeModel):
     ) -> None:
         """Validate ``adata`` and remember which fields the model reads.
 
-        Nothing is written into ``adata``.
+        Nothing is written into ``adata``. A backed AnnData (``read_h5ad(path, backed="r")``,
+        with a CSR or dense ``.X``) is validated block by block without reading it whole; the
+        model then streams it from disk (see :meth:`train`).
 
         Parameters
         ----------
         adata
-            Cells x genes AnnData with raw counts.
+            Cells x genes AnnData with raw counts (in memory or backed).
         layer
             Layer with the counts (``None`` for ``.X``).
         batch_key
@@ -158,14 +164,18 @@ class PoissonVAE(BaseScgenvaeModel):
             msg = f"PoissonVAE.setup_anndata needs an AnnData, got {type(adata).__name__}."
             raise TypeError(msg)
         check_shape(adata)
-        x = get_matrix(adata, layer)
+        x = get_matrix(adata, layer, keep_backed=True)
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        check_values(x, where=where)
+        totals = None
+        if streamable(x):
+            totals = scan_backed(adata, layer, x, where=where).row_sums
+        else:
+            check_values(x, where=where)
         cat_keys = list(categorical_covariate_keys or [])
         cont_keys = list(continuous_covariate_keys or [])
         check_obs_keys(adata.obs, [batch_key, labels_key, *cat_keys, *cont_keys])
         check_continuous(adata.obs, cont_keys)
-        warn_empty_cells(x, where=where)
+        warn_empty_cells(x, where=where, totals=totals)
         if not adata.var_names.is_unique:
             msg = "adata.var_names are not unique; call `adata.var_names_make_unique()` first."
             raise ValueError(msg)
@@ -197,8 +207,17 @@ class PoissonVAE(BaseScgenvaeModel):
             msg = f"expected an AnnData, got {type(data).__name__}."
             raise TypeError(msg)
         check_shape(data)
-        x = get_matrix(data, args["layer"])
-        check_values(x, where="the counts")
+        x = get_matrix(data, args["layer"], keep_backed=True)
+        source = None
+        if streamable(x):
+            # The counts stay on disk: scvi's LayerField registers an all-zero stand-in of the
+            # same shape (it only records the shape, but its helpers would read a backed
+            # matrix, e.g. ``_check_nonnegative_integers`` reads rows when asked to), and our
+            # loaders read the rows from the backed matrix, block by block.
+            source = RowSource(x, scan=scan_backed(data, args["layer"], x, where="the counts"))
+            x = stand_in(*source.shape)
+        else:
+            check_values(x, where="the counts")
         if sparse.issparse(x) and x.format != "csr":
             x = sparse.csr_matrix(x)  # CSC or COO: row slicing needs CSR (the user's is kept)
         cols = [
@@ -212,11 +231,14 @@ class PoissonVAE(BaseScgenvaeModel):
             if k is not None
         ]
         check_obs_keys(data.obs, cols)
-        return AnnData(
+        internal = AnnData(
             X=x,
             obs=_obs_frame(data.obs, cols, data.n_obs),
             var=pd.DataFrame(index=pd.RangeIndex(data.n_vars).astype(str)),
         )
+        if source is not None:
+            STREAMS.put(internal, {REGISTRY_KEYS.X_KEY: source})
+        return internal
 
     def get_normalized_expression(
         self,
@@ -248,7 +270,8 @@ class PoissonVAE(BaseScgenvaeModel):
             adata, indices=indices, transform_batch=transform_batch, batch_size=batch_size
         )["rna"]
         if library_size == "latent":
-            internal = self._internal(adata)
-            x = internal.X if indices is None else internal.X[np.asarray(indices)]
-            return scale * np.asarray(x.sum(axis=1)).reshape(-1, 1)
+            totals = self._row_totals(self._internal(adata), REGISTRY_KEYS.X_KEY)
+            if indices is not None:
+                totals = totals[np.asarray(indices)]
+            return scale * totals.reshape(-1, 1)
         return scale * float(library_size)

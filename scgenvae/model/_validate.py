@@ -6,6 +6,8 @@ Every error names the attribute, the key and the fix; nothing here modifies the 
 from __future__ import annotations
 
 import warnings
+import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,10 +33,30 @@ def in_memory(mat):
     return mat
 
 
-def get_matrix(adata: AnnData, layer: str | None, *, where: str = "adata", arg: str = "layer"):
+def streamable(mat) -> bool:
+    """Whether ``mat`` is a backed matrix whose rows can be read block by block.
+
+    A backed CSR sparse dataset or a dense HDF5 dataset; a backed CSC matrix is not (a block of
+    its rows touches the whole file) and is read into memory as before.
+    """
+    if hasattr(mat, "to_memory"):  # backed sparse dataset
+        return getattr(mat, "format", None) == "csr"
+    return type(mat).__module__.startswith("h5py")
+
+
+def get_matrix(
+    adata: AnnData,
+    layer: str | None,
+    *,
+    where: str = "adata",
+    arg: str = "layer",
+    keep_backed: bool = False,
+):
     """``adata.X`` or ``adata.layers[layer]`` (in memory) with a clear error when it is missing.
 
-    ``arg`` is the name of the user's argument that chose ``layer`` (named in the error).
+    ``arg`` is the name of the user's argument that chose ``layer`` (named in the error). With
+    ``keep_backed``, a backed matrix whose rows can be streamed (see :func:`streamable`) is
+    returned as it is rather than read into memory.
     """
     if layer is None:
         if adata.X is None:
@@ -42,14 +64,115 @@ def get_matrix(adata: AnnData, layer: str | None, *, where: str = "adata", arg: 
                 f"{where}.X is empty (None); pass `{arg}=` naming the layer that holds the counts."
             )
             raise ValueError(msg)
-        return in_memory(adata.X)
-    if layer not in adata.layers:
+        mat = adata.X
+    elif layer not in adata.layers:
         msg = (
             f"`{arg}={layer!r}` not found in {where}.layers; available: {list(adata.layers)}. "
             f"Pass `{arg}=None` to use .X."
         )
         raise KeyError(msg)
-    return in_memory(adata.layers[layer])
+    else:
+        mat = adata.layers[layer]
+    if keep_backed and streamable(mat):
+        return mat
+    return in_memory(mat)
+
+
+#: rows read at a time when a backed matrix is validated and summarised
+SCAN_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class MatrixScan:
+    """Per-cell and per-feature sums of a matrix, gathered in one pass over its rows.
+
+    ``*_nnz`` count the non-zero entries (the sums of the binarised matrix); ``binary`` says
+    whether every value is 0 or 1.
+    """
+
+    row_sums: np.ndarray
+    row_nnz: np.ndarray
+    col_sums: np.ndarray
+    col_nnz: np.ndarray
+    binary: bool
+
+
+def read_rows(mat, start: int, stop: int):
+    """Rows ``start:stop`` of a backed or in-memory matrix: CSR sparse or a dense array."""
+    block = mat[start:stop]
+    if sparse.issparse(block):
+        return sparse.csr_matrix(block)
+    return np.asarray(block)
+
+
+def scan_matrix(
+    mat,
+    *,
+    where: str,
+    counts: bool = True,
+    binary_ok: bool = False,
+    block_rows: int | None = None,
+) -> MatrixScan:
+    """Validate ``mat`` block by block (as :func:`check_values`) and sum its rows and columns.
+
+    At most ``block_rows`` (default :data:`SCAN_ROWS`) rows are in memory at a time, so a backed matrix of any number of
+    cells is checked in bounded memory; an error names the rows of the first bad block.
+    """
+    n_obs, n_vars = mat.shape
+    block_rows = block_rows or SCAN_ROWS
+    row_sums = np.zeros(n_obs, dtype=np.float64)
+    row_nnz = np.zeros(n_obs, dtype=np.int64)
+    col_sums = np.zeros(n_vars, dtype=np.float64)
+    col_nnz = np.zeros(n_vars, dtype=np.int64)
+    binary = True
+    for start in range(0, n_obs, block_rows):
+        stop = min(start + block_rows, n_obs)
+        block = read_rows(mat, start, stop)
+        check_values(
+            block,
+            where=f"{where} (rows {start:,}-{stop - 1:,})",
+            counts=counts,
+            binary_ok=binary_ok,
+        )
+        values = block.data if sparse.issparse(block) else block
+        binary = binary and bool(np.isin(values, (0, 1)).all())
+        nonzero = block != 0
+        row_sums[start:stop] = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+        row_nnz[start:stop] = np.asarray(nonzero.sum(axis=1)).ravel()
+        col_sums += np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()
+        col_nnz += np.asarray(nonzero.sum(axis=0)).ravel().astype(np.int64)
+    return MatrixScan(row_sums, row_nnz, col_sums, col_nnz, binary)
+
+
+class _ScanStore:
+    """Scans of backed matrices, keyed by the identity of the object that holds them.
+
+    Set-up and model construction both need the scan of a backed matrix; a file opened with
+    ``backed="r"`` cannot change, so the scan is made once per object and matrix.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, tuple[weakref.ref, MatrixScan]] = {}
+
+    def get_or_scan(self, owner, key: tuple, mat, **kwargs) -> MatrixScan:
+        full_key = (id(owner), *key)
+        entry = self._store.get(full_key)
+        if entry is not None and entry[0]() is owner:
+            return entry[1]
+        scan = scan_matrix(mat, **kwargs)
+        self._store = {k: v for k, v in self._store.items() if v[0]() is not None}
+        self._store[full_key] = (weakref.ref(owner), scan)
+        return scan
+
+
+_SCANS = _ScanStore()
+
+
+def scan_backed(
+    owner: AnnData, layer: str | None, mat, *, where: str, counts: bool = True
+) -> MatrixScan:
+    """:func:`scan_matrix` of the backed matrix ``mat`` of ``owner``, made once per object."""
+    return _SCANS.get_or_scan(owner, (layer, counts), mat, where=where, counts=counts)
 
 
 def _values(mat) -> np.ndarray:
@@ -99,9 +222,12 @@ def check_values(
         raise ValueError(msg)
 
 
-def warn_empty_cells(mat, *, where: str, stacklevel: int = 3) -> np.ndarray:
-    """Warn about cells with no counts; return the per-cell totals."""
-    totals = np.asarray(mat.sum(axis=1)).ravel()
+def warn_empty_cells(
+    mat, *, where: str, stacklevel: int = 3, totals: np.ndarray | None = None
+) -> np.ndarray:
+    """Warn about cells with no counts; return the per-cell totals (or use given ``totals``)."""
+    if totals is None:
+        totals = np.asarray(mat.sum(axis=1)).ravel()
     n_zero = int((totals == 0).sum())
     if n_zero:
         warnings.warn(
