@@ -146,6 +146,14 @@ class MultiVAE(BaseScgenvaeModel):
         Probability, per paired cell and per modality, of training on that modality alone.
     alignment_weight
         Weight of the single-modality alignment term.
+    loading_prior_sd
+        Standard deviation of the Gaussian prior on the Bernoulli decoder's per-peak loadings
+        (``None``: no prior). With 1-5% of peaks open per cell, most peaks are open in few
+        training cells, and unregularised loadings memorise them: accessibility predicted for
+        new cells then ranks peaks worse than their mere frequency (A549 held-out AUROC from
+        RNA 0.737 without the prior, 0.759 with the default, peak frequency 0.755; PBMC 0.85
+        either way). The prior weighs like one data set's worth of evidence, so it fades as
+        cells are added.
     n_clusters, straight_through
         Discrete latent (see :class:`~scgenvae.model.PoissonVAE`).
 
@@ -175,6 +183,7 @@ class MultiVAE(BaseScgenvaeModel):
         encode_covariates: bool = True,
         modality_dropout: float = 0.25,
         alignment_weight: float = 1.0,
+        loading_prior_sd: float | None = 0.03,
         n_clusters: int | None = None,
         straight_through: bool = False,
     ):
@@ -199,6 +208,7 @@ class MultiVAE(BaseScgenvaeModel):
             "encode_covariates": encode_covariates,
             "modality_dropout": modality_dropout,
             "alignment_weight": alignment_weight,
+            "loading_prior_sd": loading_prior_sd,
             "n_clusters": n_clusters,
             "straight_through": straight_through,
         }
@@ -222,6 +232,8 @@ class MultiVAE(BaseScgenvaeModel):
             },
             modality_dropout=modality_dropout,
             alignment_weight=alignment_weight,
+            loading_prior_sd=loading_prior_sd if atac_likelihood == "bernoulli" else None,
+            n_obs=self.adata.n_obs,
             n_clusters=n_clusters,
             straight_through=straight_through,
         )

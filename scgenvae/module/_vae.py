@@ -195,6 +195,15 @@ class MultiModalVAEModule(BaseModuleClass):
     n_clusters
         If set, the prior is a mixture of ``n_clusters`` Gaussians with a categorical ``c``
         inferred by a Gumbel-Softmax encoder (see :class:`GaussianMixturePrior`).
+    loading_prior_sd
+        Standard deviation of a Gaussian prior ``N(0, sd^2)`` on the output weights (loadings) of
+        Bernoulli decoders, one per peak; ``None`` for none. The log prior enters the loss
+        divided by ``n_obs`` (the loss is a mean over cells), so it weighs like one data set's
+        worth of evidence: strong for peaks seen open in few cells, negligible for peaks with
+        much data. It keeps the decoder from memorising the rare accessible events of single
+        training cells, which otherwise degrades accessibility predicted for new cells.
+    n_obs
+        Number of training cells (scales ``loading_prior_sd``'s term).
     """
 
     def __init__(
@@ -215,8 +224,18 @@ class MultiModalVAEModule(BaseModuleClass):
         n_clusters: int | None = None,
         straight_through: bool = False,
         n_sampled_peaks: int | None = 4096,
+        loading_prior_sd: float | None = None,
+        n_obs: int | None = None,
     ):
         super().__init__()
+        if loading_prior_sd is not None and (loading_prior_sd <= 0 or not n_obs):
+            msg = (
+                "`loading_prior_sd` must be positive and needs `n_obs` (the number of training "
+                f"cells); got loading_prior_sd={loading_prior_sd}, n_obs={n_obs}."
+            )
+            raise ValueError(msg)
+        self.loading_prior_sd = loading_prior_sd
+        self.n_obs = n_obs
         if not modalities:
             msg = "`modalities` must name at least one modality."
             raise ValueError(msg)
@@ -489,6 +508,16 @@ class MultiModalVAEModule(BaseModuleClass):
             extra["kl_align"] = align.mean()
         if "tau" in kl:
             extra["tau"] = torch.as_tensor(kl["tau"])
+        if self.loading_prior_sd is not None:
+            # -log N(W | 0, sd^2) of the peak loadings, up to a constant, per training cell
+            penalty = sum(
+                self.decoders[m].head.weight.square().sum()
+                for m, spec in self.modalities.items()
+                if spec.likelihood == "bernoulli"
+            )
+            penalty = 0.5 * penalty / (self.loading_prior_sd**2 * self.n_obs)
+            total = total + penalty
+            extra["loading_prior"] = penalty.detach()
         return LossOutput(
             loss=total.mean(),
             reconstruction_loss=reconstruction,
