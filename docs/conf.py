@@ -47,5 +47,8 @@ bibtex_reference_style = "author_year"
 
 html_theme = "sphinx_book_theme"
 html_title = "scgenvae"
-html_theme_options = {"repository_url": "https://github.com/scverse/scgenvae", "use_repository_button": False}
+html_theme_options = {
+    "repository_url": "https://github.com/scverse/scgenvae",
+    "use_repository_button": False,
+}
 html_static_path = []

@@ -33,9 +33,7 @@ def test_committed_notebook_shows_its_figures(path):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.get("execution_count") for c in code), "commit the notebook after a full run"
-    images = [
-        o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})
-    ]
+    images = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, f"{path.name} has no figure in its committed outputs"
     errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
@@ -65,7 +63,7 @@ def test_readme_quickstart_is_short_and_runs_as_written():
     n_lines = len([ln for ln in code.splitlines() if ln.strip()])
     assert n_lines <= 10, f"the quickstart has {n_lines} lines"
     namespace: dict = {}
-    exec(compile(code, "README.md quickstart", "exec"), namespace)  # noqa: S102
+    exec(compile(code, "README.md quickstart", "exec"), namespace)
     adata = namespace["adata"]
     assert adata.obsm["X_scgenvae"].shape == (adata.n_obs, 10)
     assert np.isfinite(adata.obsm["X_scgenvae"]).all()
