@@ -12,7 +12,7 @@ sys.path.insert(0, str(HERE.parent))
 
 project = "scgenvae"
 author = "scgenvae developers"
-copyright = f"{datetime.now(tz=UTC):%Y}, {author}"  # noqa: A001
+copyright = f"{datetime.now(tz=UTC):%Y}, {author}"
 release = _version("scgenvae")
 version = release
 
