@@ -32,7 +32,7 @@ def _fit_split(mdata, quiet, *, epochs, **kwargs):
 
 
 def test_pbmc_subset_held_out_cells(quiet):
-    """Reached here (seed 0, 100 epochs): FOSCTTM 0.22, AUROC 0.85 (peak frequency 0.82), Spearman 0.37."""
+    """Reached here (seed 0, 100 epochs): FOSCTTM 0.245, AUROC 0.849 (peak frequency 0.818), Spearman 0.365."""
     mdata = scgenvae.datasets.pbmc_multiome_subset()
     model, m_train, m_test = _fit_split(mdata, quiet, epochs=100, n_latent=10, n_hidden=64)
     with warnings.catch_warnings():
@@ -52,7 +52,11 @@ def test_pbmc_subset_held_out_cells(quiet):
 
 @pytest.mark.slow
 def test_a549_held_out_cells(quiet):
-    """sci-CAR A549: the issue's bar (MULTIVI with Poisson genes: FOSCTTM 0.32, AUROC 0.75, time 0.84)."""
+    """sci-CAR A549: the issue's bar (MULTIVI with Poisson genes: FOSCTTM 0.32, AUROC 0.75, time 0.84).
+
+    Reached here at 60 epochs: FOSCTTM 0.247, AUROC 0.759 (0.001 short of the bar), Spearman 0.064,
+    time 0.902; slow (minutes) and still failing on AUROC, hence opt-in.
+    """
     mdata = scgenvae.datasets.scicar_a549()
     model, m_train, m_test = _fit_split(mdata, quiet, epochs=A549_EPOCHS)
     scores = a549_quality.evaluate(model, m_test, mdata)
@@ -62,4 +66,4 @@ def test_a549_held_out_cells(quiet):
     assert scores["time_knn_accuracy"] >= 0.84
 
 
-A549_EPOCHS = 50
+A549_EPOCHS = 60
