@@ -66,15 +66,7 @@ def _as_torch(value, *, keep_sparse: bool):
 def _take(value, idx: np.ndarray, *, keep_sparse: bool) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value[torch.from_numpy(idx)]
-    rows = value[idx]
-    if keep_sparse:
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(rows.indptr.astype(np.int64)),
-            torch.from_numpy(rows.indices.astype(np.int64)),
-            torch.from_numpy(rows.data),
-            size=rows.shape,
-        )
-    return torch.from_numpy(rows.toarray())
+    return _to_tensor(value[idx], keep_sparse=keep_sparse)
 
 
 class MinibatchIterable:
