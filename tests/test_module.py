@@ -115,3 +115,37 @@ def test_sampled_bernoulli_likelihood_is_unbiased():
     est = torch.stack([px.log_prob_sum(x, n_sampled=50) for _ in range(2000)]).mean(0)
     torch.testing.assert_close(est, exact, rtol=0.01, atol=0.5)
     assert not torch.allclose(px.log_prob_sum(x, n_sampled=50), exact)
+
+
+def test_loading_prior_as_weight_decay_equals_the_prior_in_the_loss():
+    """One Adam step with the prior in the loss = one step with it as coupled weight decay."""
+    from scgenvae.model._base import _fused_adam
+
+    mods = {"rna": ModalitySpec("X", 30), "atac": ModalitySpec("atac", 40, "bernoulli")}
+    t = _tensors()
+    params = {}
+    for in_loss in (True, False):
+        torch.manual_seed(0)
+        mod = MultiModalVAEModule(mods, n_batch=2, n_latent=4, loading_prior_sd=0.1, n_obs=50)
+        mod.loading_prior_in_loss = in_loss
+        decay = {} if in_loss else {id(p): c for p, c in mod.loading_prior_decay()}
+        opt = _fused_adam(mod.parameters(), lr=0.1, extra_decay=decay)
+        torch.manual_seed(1)
+        _, _, loss = mod(t)
+        assert ("loading_prior" in loss.extra_metrics) == in_loss
+        loss.loss.backward()
+        opt.step()
+        params[in_loss] = mod.decoders["atac"].head.weight.detach().clone()
+    ((_, coef),) = MultiModalVAEModule(
+        mods, n_latent=4, loading_prior_sd=0.1, n_obs=50
+    ).loading_prior_decay()
+    assert coef == pytest.approx(1 / (0.1**2 * 50))
+    torch.testing.assert_close(params[True], params[False])
+    # and the prior does change the step (the test would pass trivially otherwise)
+    torch.manual_seed(0)
+    mod = MultiModalVAEModule(mods, n_batch=2, n_latent=4)
+    opt = _fused_adam(mod.parameters(), lr=0.1)
+    torch.manual_seed(1)
+    mod(t)[2].loss.backward()
+    opt.step()
+    assert not torch.allclose(mod.decoders["atac"].head.weight, params[True])

@@ -14,10 +14,12 @@ from torch.distributions import Bernoulli, Poisson
 from scgenvae.distributions import (
     BernoulliLogits,
     FactorisedBernoulli,
+    SoftmaxPoisson,
     sparse_map_values,
     sparse_row_sums,
     to_dense,
 )
+from scgenvae.nn import csr_matmul
 from scgenvae.tl import best_shift, circular_correlation, circular_distance, circular_error
 from scgenvae.tl._circular import TWO_PI, circular_mean, wrap_angle
 
@@ -53,6 +55,44 @@ def test_bernoulli_sparse_dense_and_torch_agree(seed, shape, density, scale):
     torch.testing.assert_close(dist.log_prob_sum(x.to_sparse_csr()), expected)
     torch.testing.assert_close(dist.log_prob_sum(x.to_sparse()), expected)
     assert (dense <= 0).all()
+
+
+@FAST
+@given(seeds, shapes, st.floats(0.0, 1.0), st.floats(0.01, 10.0), st.floats(-3.0, 8.0))
+def test_softmax_poisson_equals_torch_poisson(seed, shape, density, scale, log_lib):
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.poisson(torch.full(shape, 3.0, dtype=torch.float64), generator=gen)
+    x = counts * _binary(seed, shape, density)
+    logits = _logits(seed, shape, scale).requires_grad_()
+    log_library = torch.full((shape[0],), log_lib, dtype=torch.float64)
+    rate = torch.softmax(logits, -1) * log_library.exp().unsqueeze(-1)
+    expected = Poisson(rate, validate_args=False).log_prob(x).sum(-1)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), logits)
+    dist = SoftmaxPoisson(torch.log_softmax(logits, -1), log_library)
+    torch.testing.assert_close(dist.rate, rate)
+    torch.testing.assert_close(dist.log_prob(x).sum(-1), expected)
+    for layout in (x, x.to_sparse_csr(), x.to_sparse()):
+        got = SoftmaxPoisson(torch.log_softmax(logits, -1), log_library).log_prob_sum(layout)
+        torch.testing.assert_close(got, expected)
+        (grad,) = torch.autograd.grad(got.sum(), logits)
+        torch.testing.assert_close(grad, grad_expected)
+
+
+@FAST
+@given(seeds, shapes, st.floats(0.0, 1.0), st.integers(1, 5))
+def test_csr_matmul_value_and_weight_gradient_equal_dense(seed, shape, density, n_out):
+    gen = torch.Generator().manual_seed(seed)
+    x = _binary(seed, shape, density) * torch.rand(shape, generator=gen, dtype=torch.float64)
+    weight = torch.randn(shape[1], n_out, generator=gen, dtype=torch.float64)
+    weight.requires_grad_()
+    upstream = torch.randn(shape[0], n_out, generator=gen, dtype=torch.float64)
+    expected = x @ weight
+    (grad_expected,) = torch.autograd.grad(expected, weight, upstream)
+    for layout in (x.to_sparse_csr(), x.to_sparse()):
+        got = csr_matmul(layout, weight)
+        torch.testing.assert_close(got, expected)
+        (grad,) = torch.autograd.grad(got, weight, upstream)
+        torch.testing.assert_close(grad, grad_expected)
 
 
 @FAST

@@ -207,3 +207,33 @@ def test_resume_reproduces_multivae_with_discrete_latent(mdata, quiet, tmp_path)
     np.testing.assert_allclose(
         resumed.get_cluster_probabilities(), uninterrupted.get_cluster_probabilities(), atol=1e-6
     )
+
+
+def test_epoch_metrics_equal_scvi_tools_per_step_logging(mdata, quiet):
+    """Metrics logged once per epoch have the values of scvi-tools' log-every-step plan."""
+    from scvi.train import TrainingPlan
+
+    from scgenvae.model import MultiVAE
+    from scgenvae.model._base import ScgenvaeTrainingPlan
+
+    class PerStepLogging(ScgenvaeTrainingPlan):
+        def training_step(self, batch, batch_idx):
+            return TrainingPlan.training_step(self, batch, batch_idx)
+
+    histories = []
+    for plan in (ScgenvaeTrainingPlan, PerStepLogging):
+        data = mdata.copy()
+        MultiVAE.setup_mudata(data, batch_key="batch")
+        model = MultiVAE(data, n_latent=4)
+        model._training_plan_cls = plan
+        # 3 minibatches per epoch, the last one smaller (cell-weighted means must match)
+        model.train(max_epochs=3, seed=0, batch_size=len(mdata) // 3 + 7, **quiet)
+        histories.append(model.history)
+    ours, scvi = histories
+    keys = ("elbo_train", "reconstruction_loss_train", "kl_local_train", "train_loss")
+    for key in (*keys, "kl_align_train"):
+        assert key in ours, key
+        np.testing.assert_allclose(
+            ours[key][key].to_numpy(float), scvi[key][key].to_numpy(float), rtol=1e-5
+        )
+        assert len(ours[key]) == 3

@@ -9,10 +9,12 @@ from ._bernoulli import (
     sparse_row_sums,
     to_dense,
 )
+from ._poisson import SoftmaxPoisson
 
 __all__ = [
     "BernoulliLogits",
     "FactorisedBernoulli",
+    "SoftmaxPoisson",
     "sparse_map_values",
     "sparse_row_sums",
     "to_dense",

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli
 
+from scgenvae.nn._sparse import csr_matmul
+
 
 def _row_index(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows, columns and values of the non-zero entries of a CSR or COO tensor."""
@@ -128,20 +130,11 @@ class FactorisedBernoulli(BernoulliLogits):
         n_peaks = self.weight.shape[0]
         if n_sampled is None or n_sampled >= n_peaks:
             return super().log_prob_sum(x)
-        if x.layout != torch.sparse_csr:
-            x = x.to_sparse_csr() if x.layout == torch.strided else x.coalesce().to_sparse_csr()
-        crow, cols, vals = x.crow_indices(), x.col_indices(), x.values().to(self.h.dtype)
+        if x.layout == torch.strided:
+            x = x.to_sparse_csr()
         # sum_j x_j logit_j is linear in the logits: h . (sum_j x_j W_j) + sum_j x_j (b_j + a_j d)
-        w_sum = F.embedding_bag(
-            cols, self.weight, offsets=crow[:-1], mode="sum", per_sample_weights=vals
-        )
-        b_sum = F.embedding_bag(
-            cols,
-            torch.stack([self.bias, self.region_depth], 1),
-            offsets=crow[:-1],
-            mode="sum",
-            per_sample_weights=vals,
-        )
+        w_sum = csr_matmul(x, self.weight)
+        b_sum = csr_matmul(x, torch.stack([self.bias, self.region_depth], 1))
         pos = (self.h * w_sum).sum(-1) + b_sum[:, 0] + b_sum[:, 1] * self.depth[:, 0]
         sampled = torch.randperm(n_peaks, device=self.h.device)[:n_sampled]
         neg = F.softplus(self._columns(sampled)).sum(-1) * (n_peaks / n_sampled)

@@ -265,24 +265,11 @@ class ScgenvaeTrainingPlan(TrainingPlan):
 
             seed_everything(self.seed, verbose=False)
 
-    def on_train_epoch_start(self) -> None:
-        """Seed this epoch; initialise the mixture prior after the warm-up epochs."""
-        if self.seed is not None:
-            torch.manual_seed(_epoch_seed(self.seed, self.current_epoch, self.global_rank))
-        self._maybe_initialise_prior()
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the model class and seed, checked before resuming."""
         checkpoint.setdefault(_CKPT_KEY, {}).update(
             format_version=_FORMAT_VERSION, seed=self.seed, model_class=self.model_class
         )
-
-    def forward(self, *args, **kwargs):
-        """The module's forward; the loss terms are kept to name a non-finite one."""
-        out = super().forward(*args, **kwargs)
-        if isinstance(out, tuple) and len(out) == 3:
-            self._last_loss_output = out[2]
-        return out
 
     def _maybe_initialise_prior(self) -> None:
         prior = self.module.prior
@@ -319,15 +306,31 @@ class ScgenvaeTrainingPlan(TrainingPlan):
         frac = min(1.0, epoch / self.n_epochs_tau_anneal)
         return float(self.tau_start * (self.tau_min / self.tau_start) ** frac)
 
+    def on_train_epoch_start(self) -> None:
+        """Seed this epoch, reset its metric sums; initialise the mixture prior after warm-up."""
+        self._epoch_sums: dict[str, torch.Tensor] = {}
+        self._epoch_logged = False
+        if self.seed is not None:
+            torch.manual_seed(_epoch_seed(self.seed, self.current_epoch, self.global_rank))
+        self._maybe_initialise_prior()
+
     def training_step(self, batch, batch_idx):
-        """Update ``tau`` (when the model has a discrete latent), then step as scvi does."""
+        """One step as scvi-tools' training plan, with the metrics logged once per epoch.
+
+        scvi-tools logs every metric at every step and Lightning reduces them at the end of the
+        epoch; a log call costs about as much as a small layer, so here the same sums are
+        accumulated as tensors and logged once, at the epoch's last step, under the same names
+        and with the same values (``elbo_train``, ``train_loss``, extra metrics such as
+        ``kl_align_train`` and ``tau_train``, and ``kl_weight``).
+        """
         if "tau" in self.loss_kwargs:
             self.loss_kwargs["tau"] = self.tau
-        self._last_loss_output = None
-        out = super().training_step(batch, batch_idx)
-        loss = out["loss"] if isinstance(out, dict) else out
+        if "kl_weight" in self.loss_kwargs:
+            self.loss_kwargs["kl_weight"] = self.kl_weight
+        _, _, losses = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        loss = losses.loss
         if not torch.isfinite(loss):
-            terms = _non_finite_terms(self._last_loss_output)
+            terms = _non_finite_terms(losses)
             which = ", ".join(terms) if terms else "the total loss"
             msg = (
                 f"training loss became {float(loss.detach())} at epoch {self.current_epoch}, step "
@@ -336,7 +339,58 @@ class ScgenvaeTrainingPlan(TrainingPlan):
                 "(`n_epochs_kl_warmup`) can help."
             )
             raise FloatingPointError(msg)
-        return out
+        self._accumulate(losses)
+        if batch_idx + 1 >= self.trainer.num_training_batches:
+            self._log_epoch()
+        return loss
+
+    @torch.inference_mode()
+    def _accumulate(self, losses) -> None:
+        """Add a step's loss terms to the epoch's sums (scvi-tools' ELBO metric objects too)."""
+        n = losses.n_obs_minibatch
+        self.elbo_train.update(
+            reconstruction_loss=losses.reconstruction_loss_sum,
+            kl_local=losses.kl_local_sum,
+            kl_global=losses.kl_global_sum,
+            n_obs_minibatch=n,
+        )
+        terms = {"train_loss": losses.loss.detach()}
+        for key, value in (losses.extra_metrics or {}).items():
+            if isinstance(value, torch.Tensor) and value.shape == torch.Size([]):
+                terms[f"{key}_train"] = value.detach()
+            elif isinstance(value, int | float):
+                terms[f"{key}_train"] = torch.as_tensor(float(value))
+        sums = self._epoch_sums
+        for key, value in terms.items():
+            sums[key] = sums[key] + value * n if key in sums else value * n
+        sums["_n_obs"] = sums.get("_n_obs", 0) + n
+
+    def _log_epoch(self) -> None:
+        """Log the epoch's metrics once (cell-weighted means, as Lightning's epoch reduction)."""
+        if self._epoch_logged or not self._epoch_sums:
+            return
+        self._epoch_logged = True
+        sums = dict(self._epoch_sums)
+        n_obs = sums.pop("_n_obs")
+        sync = self.use_sync_dist
+        if "kl_weight" in self.loss_kwargs:
+            self.log("kl_weight", self.loss_kwargs["kl_weight"], on_step=True, on_epoch=False)
+        for key, total in sums.items():
+            self.log(
+                key,
+                total / n_obs,
+                on_step=False,
+                on_epoch=True,
+                sync_dist=sync,
+                prog_bar=key == "train_loss",
+            )
+        self.log_dict(
+            self.train_metrics, on_step=False, on_epoch=True, batch_size=n_obs, sync_dist=sync
+        )
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's metrics if the last step did not (a loader of unknown length)."""
+        self._log_epoch()
 
 
 class _SetupStore:
@@ -388,8 +442,9 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
 
     _training_plan_cls = ScgenvaeTrainingPlan
     _data_splitter_cls = InMemoryDataSplitter
-    #: registry keys handed to the module as sparse tensors (wide ATAC); others are dense
-    _sparse_keys: ClassVar[frozenset[str]] = frozenset()
+    #: registry keys handed to the module as sparse CSR minibatches when the data are sparse
+    #: (the module's first layers and likelihoods work on the non-zeros); others are dense
+    _sparse_keys: ClassVar[frozenset[str]] = frozenset({REGISTRY_KEYS.X_KEY})
     _setup_method: ClassVar[str] = "setup_anndata"
 
     # subclasses implement ------------------------------------------------------------
@@ -615,11 +670,18 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             max_epochs = int(min(400, round(400 * 20000 / max(self.adata.n_obs, 1))))
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("lr", lr)
-        if "optimizer" not in plan_kwargs:
+        own_optimizer = "optimizer" not in plan_kwargs
+        if own_optimizer:
             # scvi-tools' Adam settings, but fused: one vectorised pass over each parameter
-            # instead of a dozen elementwise kernels (17x faster on wide ATAC layers on CPU)
+            # instead of a dozen elementwise kernels (17x faster on wide ATAC layers on CPU);
+            # priors on weights (MultiVAE's loading prior) become its weight decay
             plan_kwargs["optimizer"] = "Custom"
-            plan_kwargs["optimizer_creator"] = partial(_fused_adam, lr=plan_kwargs["lr"])
+            plan_kwargs["optimizer_creator"] = partial(
+                _fused_adam,
+                lr=plan_kwargs["lr"],
+                extra_decay={id(p): c for p, c in self.module.loading_prior_decay()},
+            )
+        self.module.loading_prior_in_loss = not own_optimizer
         plan_kwargs.setdefault("seed", seed)
         plan_kwargs.setdefault("model_class", type(self).__name__)
         if n_epochs_kl_warmup is None:
@@ -674,6 +736,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         self.module.train()  # a trained model is left in eval mode; Lightning expects train mode
         with (
             _quiet_sparse_warnings(),
+            _reuse_freed_memory(enabled=settings.reuse_freed_memory),
             _distributed_log_dir(trainer_kwargs),
             warnings.catch_warnings(),
         ):
@@ -1098,11 +1161,24 @@ def _restate_small_categories(
         )
 
 
-def _fused_adam(params, *, lr: float) -> torch.optim.Adam:
-    """Adam with scvi-tools' defaults (eps 0.01, weight decay 1e-6), fused where supported."""
+def _fused_adam(params, *, lr: float, extra_decay: dict[int, float] | None = None):
+    """Adam with scvi-tools' defaults (eps 0.01, weight decay 1e-6), fused where supported.
+
+    ``extra_decay`` maps ``id(parameter)`` to an L2 coefficient added to that parameter's
+    weight decay (a Gaussian prior on it, see ``MultiModalVAEModule.loading_prior_decay``).
+    """
     params = [p for p in params if p.requires_grad]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
-    return torch.optim.Adam(params, lr=lr, eps=0.01, weight_decay=1e-6, fused=fused)
+    extra_decay = extra_decay or {}
+    groups: dict[float, list] = {}
+    for p in params:
+        groups.setdefault(1e-6 + extra_decay.get(id(p), 0.0), []).append(p)
+    return torch.optim.Adam(
+        [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()],
+        lr=lr,
+        eps=0.01,
+        fused=fused,
+    )
 
 
 @contextmanager
@@ -1120,6 +1196,48 @@ def _distributed_log_dir(trainer_kwargs: dict) -> Iterator[None]:
     with tempfile.TemporaryDirectory(prefix="scgenvae_logs_") as tmp:
         trainer_kwargs["log_save_dir"] = tmp
         yield
+
+
+# glibc mallopt parameters (malloc.h) and their documented defaults
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+
+
+def _glibc():
+    """The C library through ctypes when it is glibc on Linux, else ``None``."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+@contextmanager
+def _reuse_freed_memory(*, enabled: bool = True) -> Iterator[None]:
+    """Serve large allocations from freed heap memory while the block runs (glibc only).
+
+    glibc hands out blocks above its mmap threshold (which grows to 32 MiB at most) as fresh
+    mappings and unmaps them when freed, so every training step faults in and zeroes its large
+    gradient buffers again. Inside the block mmap is not used and freed memory stays in the
+    heap for the next step; afterwards glibc's defaults are set back and free memory is
+    returned to the system. See ``scgenvae.settings.reuse_freed_memory``.
+    """
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**30)
+    try:
+        yield
+    finally:
+        for param, value in _GLIBC_DEFAULTS.items():
+            libc.mallopt(param, value)
+        libc.malloc_trim(0)
 
 
 @contextmanager

@@ -168,7 +168,7 @@ class MultiVAE(BaseScgenvaeModel):
     """
 
     _setup_method = "setup_mudata"
-    _sparse_keys = frozenset({REGISTRY_KEYS.ATAC_KEY})
+    _sparse_keys = frozenset({REGISTRY_KEYS.X_KEY, REGISTRY_KEYS.ATAC_KEY})
 
     def __init__(
         self,

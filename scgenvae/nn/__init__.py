@@ -3,5 +3,13 @@
 from __future__ import annotations
 
 from ._base import CovariateInjection, FCLayers, GaussianEncoder, SparseLinear, reparameterize
+from ._sparse import csr_matmul
 
-__all__ = ["CovariateInjection", "FCLayers", "GaussianEncoder", "SparseLinear", "reparameterize"]
+__all__ = [
+    "CovariateInjection",
+    "FCLayers",
+    "GaussianEncoder",
+    "SparseLinear",
+    "csr_matmul",
+    "reparameterize",
+]
