@@ -69,13 +69,17 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--n-latent", type=int, default=20)
     parser.add_argument("--n-hidden", type=int, default=256)
+    parser.add_argument("--n-sampled-peaks", type=int, default=None, help="default: the model's")
     args = parser.parse_args()
     mdata = scgenvae.datasets.scicar_a549()
     train, test = split(mdata.n_obs)
     np.save(SPLIT_FILE, test)
     m_train, m_test = mdata[train].copy(), mdata[test].copy()
     scgenvae.model.MultiVAE.setup_mudata(m_train)
-    model = scgenvae.model.MultiVAE(m_train, n_latent=args.n_latent, n_hidden=args.n_hidden)
+    kwargs = {} if args.n_sampled_peaks is None else {"n_sampled_peaks": args.n_sampled_peaks}
+    model = scgenvae.model.MultiVAE(
+        m_train, n_latent=args.n_latent, n_hidden=args.n_hidden, **kwargs
+    )
     t0 = time.perf_counter()
     model.train(max_epochs=args.max_epochs, seed=args.seed, enable_progress_bar=False)
     elapsed = time.perf_counter() - t0

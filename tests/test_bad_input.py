@@ -806,6 +806,13 @@ CASES = [
         check=_latent_of(60),
     ),
     Case(
+        "multi-n-sampled-peaks-zero",
+        _mdata,
+        lambda m, c: (MultiVAE.setup_mudata(m), MultiVAE(m, n_sampled_peaks=0)),
+        ValueError,
+        r"`n_sampled_peaks` must be a positive number of peaks or None \(score all peaks\)",
+    ),
+    Case(
         "multi-getter-wrong-modality",
         _mdata,
         lambda m, c: _multi_model().get_accessibility_estimates(m, use_modality="atac"),

@@ -154,6 +154,11 @@ class MultiVAE(BaseScgenvaeModel):
         RNA 0.737 without the prior, 0.759 with the default, peak frequency 0.755; PBMC 0.85
         either way). The prior weighs like one data set's worth of evidence, so it fades as
         cells are added.
+    n_sampled_peaks
+        With a Bernoulli decoder and more than twice this many peaks, each training step scores
+        the inaccessible part of the likelihood on this many peaks drawn for the minibatch
+        (an unbiased estimate; the accessible peaks are always all scored, and evaluation
+        scores every peak). ``None`` scores all peaks at every step.
     n_clusters, straight_through
         Discrete latent (see :class:`~scgenvae.model.PoissonVAE`).
 
@@ -184,6 +189,7 @@ class MultiVAE(BaseScgenvaeModel):
         modality_dropout: float = 0.25,
         alignment_weight: float = 1.0,
         loading_prior_sd: float | None = 0.03,
+        n_sampled_peaks: int | None = 4096,
         n_clusters: int | None = None,
         straight_through: bool = False,
     ):
@@ -192,6 +198,16 @@ class MultiVAE(BaseScgenvaeModel):
             raise ValueError(msg)
         if atac_likelihood not in ("bernoulli", "poisson"):
             msg = f"`atac_likelihood` must be 'bernoulli' or 'poisson', got {atac_likelihood!r}."
+            raise ValueError(msg)
+        if n_sampled_peaks is not None and (
+            isinstance(n_sampled_peaks, bool)
+            or not isinstance(n_sampled_peaks, int | np.integer)
+            or n_sampled_peaks < 1
+        ):
+            msg = (
+                "`n_sampled_peaks` must be a positive number of peaks or None (score all peaks), "
+                f"got {n_sampled_peaks!r}."
+            )
             raise ValueError(msg)
         if not 0 <= modality_dropout < 0.5:
             msg = f"`modality_dropout` must be in [0, 0.5), got {modality_dropout}."
@@ -209,6 +225,7 @@ class MultiVAE(BaseScgenvaeModel):
             "modality_dropout": modality_dropout,
             "alignment_weight": alignment_weight,
             "loading_prior_sd": loading_prior_sd,
+            "n_sampled_peaks": n_sampled_peaks,
             "n_clusters": n_clusters,
             "straight_through": straight_through,
         }
@@ -234,6 +251,7 @@ class MultiVAE(BaseScgenvaeModel):
             alignment_weight=alignment_weight,
             loading_prior_sd=loading_prior_sd if atac_likelihood == "bernoulli" else None,
             n_obs=self.adata.n_obs,
+            n_sampled_peaks=n_sampled_peaks,
             n_clusters=n_clusters,
             straight_through=straight_through,
         )
