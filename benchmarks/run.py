@@ -476,7 +476,10 @@ def _flop_notes(results: dict, cfg: Config) -> list[str]:
         "outputs the loss ignores); FLOPs = 2 x multiply-adds; element-wise work is not counted. "
         f"G genes, P peaks, H = {cfg.n_hidden}, L = {cfg.n_layers}, d = {cfg.n_latent}, "
         "B = number of batches (one-hot width in scvi-tools), nnz = accessible peaks per cell, "
-        "k = 4096 peaks sampled per minibatch by MultiVAE's decoder when P > 2k. "
+        "G' = non-zero genes per cell when the RNA matrix is sparse with at most 15% non-zeros "
+        "(our encoders then take sparse minibatches), else G, "
+        "k = the peaks sampled per minibatch by MultiVAE's decoder when P > 2k "
+        "(`n_sampled_peaks`). "
         "The formulas were checked against `torch.utils.flop_counter.FlopCounterMode` on one "
         "training step (exact for the dense layers; the counter does not see sparse products).",
         "",
@@ -488,6 +491,10 @@ def _flop_notes(results: dict, cfg: Config) -> list[str]:
         seen.add(name)
         r = ans["result"]
         nnz = f" (nnz = {r['nnz_peaks_per_cell']:.0f})" if name in ("MultiVAE", "MULTIVI") else ""
+        if r.get("nnz_genes_per_cell") is not None and name in ("MultiVAE", "PoissonVAE"):
+            nnz += f" (G' = {r['nnz_genes_per_cell']:.0f})"
+        if r.get("n_sampled_peaks") is not None and name == "MultiVAE":
+            nnz += f" (k = {r['n_sampled_peaks']})"
         lines.append(f"- {name}: `{r['formula']}` = {r['train_flops'] / 1e6:.3f} MFLOP/cell{nnz}")
     return [*lines, ""]
 
