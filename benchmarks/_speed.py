@@ -91,7 +91,7 @@ def flops_per_cell(
     n_batch: int,
     nnz_peaks: float = 0.0,
     nnz_genes: float | None = None,
-    n_sampled_peaks: int = 4096,
+    n_sampled_peaks: int = 1024,
 ) -> dict:
     """Dense matmul multiply-adds of one training step, per cell, from the layer sizes.
 

@@ -126,7 +126,7 @@ class Config:
 QUICK = Config(
     n_obs=256,
     n_genes=100,
-    n_peaks=9_000,  # > 2 x 4096: exercises MultiVAE's sampled-peak decoder
+    n_peaks=9_000,  # > 2 x n_sampled_peaks: exercises MultiVAE's sampled-peak decoder
     n_hidden=32,
     n_latent=8,
     epochs=2,

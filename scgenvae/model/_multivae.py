@@ -189,7 +189,7 @@ class MultiVAE(BaseScgenvaeModel):
         modality_dropout: float = 0.25,
         alignment_weight: float = 1.0,
         loading_prior_sd: float | None = 0.03,
-        n_sampled_peaks: int | None = 4096,
+        n_sampled_peaks: int | None = 1024,
         n_clusters: int | None = None,
         straight_through: bool = False,
     ):

@@ -222,7 +222,7 @@ class MultiModalVAEModule(BaseModuleClass):
         alignment_weight: float = 1.0,
         n_clusters: int | None = None,
         straight_through: bool = False,
-        n_sampled_peaks: int | None = 4096,
+        n_sampled_peaks: int | None = 1024,
         loading_prior_sd: float | None = None,
         n_obs: int | None = None,
     ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +12,60 @@ def csr_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     if x.layout != torch.sparse_csr:
         x = x.coalesce().to_sparse_csr() if x.layout == torch.sparse_coo else x.to_sparse_csr()
     return x.crow_indices(), x.col_indices(), x.values()
+
+
+class _TransposeCache:
+    """The transposed sparsity pattern of the last minibatch seen (one entry).
+
+    Within a training step the same CSR minibatch enters several products (the encoder's first
+    layer and the likelihood's accessible-peak sums), and each needs its transpose in the
+    backward pass. The entry holds references to the index tensors it was computed from, so
+    their memory cannot be reused by another minibatch while it is cached.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._refs: tuple | None = None
+        self._value: tuple | None = None
+
+    def get(self, crow: torch.Tensor, cols: torch.Tensor, n_features: int):
+        key = (crow.data_ptr(), crow.numel(), cols.data_ptr(), cols.numel(), n_features)
+        if key != self._key:
+            self._value = _transpose_pattern(crow, cols, n_features)
+            self._key, self._refs = key, (crow, cols)
+        return self._value
+
+    def clear(self) -> None:
+        self._key = self._refs = self._value = None
+
+
+def _transpose_pattern(crow: torch.Tensor, cols: torch.Tensor, n_features: int):
+    """The transposed pattern as ``(order, rows, offsets)``.
+
+    ``order``: the non-zeros ordered by feature (stable), ``rows``: their rows in that order,
+    ``offsets``: where each feature's run starts.
+    """
+    n_rows = crow.numel() - 1
+    if cols.device.type == "cpu":
+        # counting sort in scipy's CSR -> CSC conversion: linear time, unlike a comparison sort
+        from scipy import sparse
+
+        positions = np.arange(cols.numel(), dtype=np.int64)
+        csc = sparse.csr_matrix(
+            (positions, cols.numpy(), crow.numpy()), shape=(n_rows, n_features)
+        ).tocsc()
+        return (
+            torch.from_numpy(csc.data),
+            torch.from_numpy(csc.indices.astype(np.int64, copy=False)),
+            torch.from_numpy(csc.indptr[:-1].astype(np.int64, copy=False)),
+        )
+    order = torch.argsort(cols, stable=True)
+    rows = torch.repeat_interleave(torch.arange(n_rows, device=cols.device), crow[1:] - crow[:-1])
+    counts = torch.bincount(cols, minlength=n_features)
+    return order, rows[order], torch.cumsum(counts, 0) - counts
+
+
+_TRANSPOSED = _TransposeCache()
 
 
 class _CSRMatmul(torch.autograd.Function):
@@ -37,15 +92,9 @@ class _CSRMatmul(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         crow, cols, vals = ctx.saved_tensors
-        # the transposed pattern: non-zeros ordered by feature, each with its row
-        order = torch.argsort(cols, stable=True)
-        rows = torch.repeat_interleave(
-            torch.arange(crow.numel() - 1, device=cols.device), crow[1:] - crow[:-1]
-        )
-        counts = torch.bincount(cols, minlength=ctx.n_features)
-        offsets = torch.cumsum(counts, 0) - counts
+        order, rows, offsets = _TRANSPOSED.get(crow, cols, ctx.n_features)
         grad_weight = F.embedding_bag(
-            rows[order],
+            rows,
             grad.contiguous(),
             offsets=offsets,
             mode="sum",
