@@ -50,6 +50,7 @@ from ._data import (
     InMemoryDataSplitter,
     MinibatchIterable,
     RowSource,
+    column_means,
     registry_arrays,
 )
 from ._validate import check_known_categories, check_trainable
@@ -550,9 +551,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 if spec.registry_key == REGISTRY_KEYS.X_KEY
                 else self.adata.obsm[spec.registry_key]
             )
-            if spec.likelihood == "bernoulli":
-                x = (x > 0).astype(np.float32)
-            out[m] = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
+            out[m] = column_means(x, binarize=spec.likelihood == "bernoulli")
         return out
 
     @staticmethod

@@ -233,6 +233,35 @@ class _StreamStore:
 STREAMS = _StreamStore()
 
 
+def column_means(x, *, binarize: bool = False, chunk: int = 1 << 24) -> np.ndarray:
+    """Per-column means of a dense or sparse matrix (of ``x > 0`` with ``binarize``).
+
+    Works through ``chunk`` stored values at a time, so the temporary memory is bounded
+    whatever the size of ``x`` (``(x > 0).astype(float)`` on a wide ATAC matrix would copy it
+    twice over).
+    """
+    n_obs, n_vars = x.shape
+    sums = np.zeros(n_vars, dtype=np.float64)
+    if sparse.issparse(x):
+        x = sparse.csr_matrix(x) if x.format not in ("csr", "csc") else x
+        # CSR: the stored values' column is `indices`; CSC: expand `indptr` block by block
+        for start in range(0, x.nnz, chunk):
+            stop = min(start + chunk, x.nnz)
+            values = x.data[start:stop]
+            if x.format == "csr":
+                cols = x.indices[start:stop]
+            else:
+                cols = np.searchsorted(x.indptr, np.arange(start, stop), side="right") - 1
+            weights = (values > 0).astype(np.float64) if binarize else values.astype(np.float64)
+            sums += np.bincount(cols, weights=weights, minlength=n_vars)
+    else:
+        rows = max(1, chunk // max(n_vars, 1))
+        for start in range(0, n_obs, rows):
+            block = np.asarray(x[start : start + rows])
+            sums += (block > 0).sum(0) if binarize else block.sum(0, dtype=np.float64)
+    return sums / max(n_obs, 1)
+
+
 def stand_in(n_obs: int, n_vars: int) -> sparse.csr_matrix:
     """An all-zero CSR matrix of the right shape (no entries; its size is O(n_obs))."""
     return sparse.csr_matrix((n_obs, n_vars), dtype=np.float32)
