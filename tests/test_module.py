@@ -8,6 +8,7 @@ from torch.distributions import Poisson
 
 from scgenvae.distributions import BernoulliLogits
 from scgenvae.module import ModalitySpec, MultiModalVAEModule
+from scgenvae.nn import Dropout
 
 
 def _tensors(n=16, n_genes=30, n_peaks=40, *, sparse=True):
@@ -149,3 +150,37 @@ def test_loading_prior_as_weight_decay_equals_the_prior_in_the_loss():
     mod(t)[2].loss.backward()
     opt.step()
     assert not torch.allclose(mod.decoders["atac"].head.weight, params[True])
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_zeroes_a_fraction_p_and_keeps_the_mean(p):
+    drop = Dropout(p)
+    x = torch.ones(512, 257)  # an odd width: the mask is cut from whole 64-bit draws
+    torch.manual_seed(0)
+    y = drop(x)
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - p) < 0.01
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - drop.effective_p)))
+    assert abs(y.double().mean().item() - 1.0) < 0.02
+    assert abs(drop.effective_p - p) < 2**-16
+    # the columns of the mask are independent draws (no lane repeats another)
+    assert not torch.equal(y[:, 0], y[:, 1])
+    torch.manual_seed(0)
+    torch.testing.assert_close(drop(x), y)  # global generator: seeded runs repeat
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_dropout_gradient_is_the_mask():
+    drop = Dropout(0.3)
+    x = torch.randn(64, 32, requires_grad=True)
+    y = drop(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() / (1 - drop.effective_p))
+
+
+def test_dropout_rejects_bad_rates():
+    with pytest.raises(ValueError, match="dropout_rate"):
+        Dropout(1.0)
+    with pytest.raises(ValueError, match="dropout_rate"):
+        Dropout(-0.1)

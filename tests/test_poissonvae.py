@@ -46,6 +46,23 @@ def test_setup_does_not_modify_user_data(adata, quiet):
     assert list(adata.obsm) == []
 
 
+def test_unsorted_csr_is_not_reordered(adata, quiet):
+    """Training reads a CSR matrix with unsorted column indices without sorting it in place."""
+    x = sparse.csr_matrix(adata.X, dtype=np.float32)
+    for i in range(x.shape[0]):  # reverse the stored order of each row's entries
+        lo, hi = x.indptr[i], x.indptr[i + 1]
+        x.indices[lo:hi] = x.indices[lo:hi][::-1].copy()
+        x.data[lo:hi] = x.data[lo:hi][::-1].copy()
+    x.has_sorted_indices = False
+    adata.X = x
+    indices, data = x.indices.copy(), x.data.copy()
+    model = _trained(adata, quiet, epochs=2)
+    model.get_latent_representation(adata)
+    assert adata.X is x
+    np.testing.assert_array_equal(x.indices, indices)
+    np.testing.assert_array_equal(x.data, data)
+
+
 def test_export_latent_writes_only_named_keys(adata, quiet):
     model = _trained(adata, quiet)
     model.export_latent(adata, key_added="X_mine")

@@ -52,6 +52,9 @@ def sparse_row_sums(x: torch.Tensor) -> torch.Tensor:
     """Row sums of a dense, CSR or COO matrix as a dense 1-D tensor."""
     if x.layout == torch.strided:
         return x.sum(-1)
+    if x.layout == torch.sparse_csr:
+        # one pass over the values, segmented by the row pointers (empty rows sum to 0)
+        return torch.segment_reduce(x.values(), "sum", offsets=x.crow_indices())
     rows, _, vals = _row_index(x)
     out = torch.zeros(x.shape[0], dtype=vals.dtype, device=vals.device)
     return out.index_add_(0, rows, vals)
@@ -121,8 +124,8 @@ class FactorisedBernoulli(BernoulliLogits):
         if cols is None:
             return F.linear(self.h, self.weight, self.bias) + self.region_depth * self.depth
         return (
-            F.linear(self.h, self.weight[cols], self.bias[cols])
-            + self.region_depth[cols] * self.depth
+            F.linear(self.h, self.weight.index_select(0, cols), self.bias.index_select(0, cols))
+            + self.region_depth.index_select(0, cols) * self.depth
         )
 
     def log_prob_sum(self, x: torch.Tensor, n_sampled: int | None = None) -> torch.Tensor:

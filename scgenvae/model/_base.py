@@ -347,21 +347,27 @@ class ScgenvaeTrainingPlan(TrainingPlan):
 
     @torch.inference_mode()
     def _accumulate(self, losses) -> None:
-        """Add a step's loss terms to the epoch's sums (scvi-tools' ELBO metric objects too)."""
+        """Add a step's loss terms to the epoch's sums.
+
+        scvi-tools' ELBO metric objects are updated once per epoch from these sums
+        (:meth:`_log_epoch`): a torchmetrics update at every step cost more than the sums.
+        """
         n = losses.n_obs_minibatch
-        self.elbo_train.update(
-            reconstruction_loss=losses.reconstruction_loss_sum,
-            kl_local=losses.kl_local_sum,
-            kl_global=losses.kl_global_sum,
-            n_obs_minibatch=n,
-        )
+        sums = self._epoch_sums
+        for key, value in (
+            ("_reconstruction_loss", losses.reconstruction_loss_sum),
+            ("_kl_local", losses.kl_local_sum),
+            ("_kl_global", losses.kl_global_sum),
+        ):
+            value = torch.as_tensor(value).detach()
+            sums[key] = sums[key] + value if key in sums else value
+        sums["_n_steps"] = sums.get("_n_steps", 0) + 1
         terms = {"train_loss": losses.loss.detach()}
         for key, value in (losses.extra_metrics or {}).items():
             if isinstance(value, torch.Tensor) and value.shape == torch.Size([]):
                 terms[f"{key}_train"] = value.detach()
             elif isinstance(value, int | float):
                 terms[f"{key}_train"] = torch.as_tensor(float(value))
-        sums = self._epoch_sums
         for key, value in terms.items():
             sums[key] = sums[key] + value * n if key in sums else value * n
         sums["_n_obs"] = sums.get("_n_obs", 0) + n
@@ -373,6 +379,15 @@ class ScgenvaeTrainingPlan(TrainingPlan):
         self._epoch_logged = True
         sums = dict(self._epoch_sums)
         n_obs = sums.pop("_n_obs")
+        n_steps = sums.pop("_n_steps")
+        # one update with the epoch's sums gives the per-step updates' values: reconstruction
+        # and local KL are averaged over cells, the global KL over minibatches
+        self.elbo_train.update(
+            reconstruction_loss=sums.pop("_reconstruction_loss"),
+            kl_local=sums.pop("_kl_local"),
+            kl_global=sums.pop("_kl_global") / n_steps,
+            n_obs_minibatch=n_obs,
+        )
         sync = self.use_sync_dist
         if "kl_weight" in self.loss_kwargs:
             self.log("kl_weight", self.loss_kwargs["kl_weight"], on_step=True, on_epoch=False)

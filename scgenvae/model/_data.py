@@ -55,10 +55,13 @@ def _as_torch(value, *, keep_sparse: bool):
     if hasattr(value, "to_memory"):  # backed sparse dataset
         value = value.to_memory()
     if sparse.issparse(value):
-        value = sparse.csr_matrix(value)
+        value = sparse.csr_matrix(value)  # shares the arrays of a CSR input
         if keep_sparse or value.shape[0] * value.shape[1] > _DENSIFY_LIMIT:
-            value.sort_indices()
-            return value.astype(np.float32, copy=False)
+            if value.dtype != np.float32 or not value.has_sorted_indices:
+                # a sorted float32 copy: sorting in place would reorder the caller's matrix
+                value = value.astype(np.float32)
+                value.sort_indices()
+            return value
         value = value.toarray()
     return torch.from_numpy(np.ascontiguousarray(np.asarray(value), dtype=np.float32))
 

@@ -107,7 +107,9 @@ class _Decoder(nn.Module):
         """
         h = self.trunk(z, cat_list, cont)
         pl = Normal(
-            self.library_head(z).squeeze(-1) + log_library_centre, self.library_log_sd.exp()
+            self.library_head(z).squeeze(-1) + log_library_centre,
+            self.library_log_sd.exp(),
+            validate_args=False,
         )
         if library is None:
             log_lib = pl.loc
@@ -124,7 +126,7 @@ class _Decoder(nn.Module):
                 self.region_depth,
             )
         elif self.likelihood == "poisson":
-            px = SoftmaxPoisson(torch.log_softmax(self.head(h), dim=-1), log_lib)
+            px = SoftmaxPoisson(self.head(h), log_lib)
         else:
             scale = torch.softmax(self.head(h), dim=-1)
             mu = log_lib.exp().unsqueeze(-1) * scale
@@ -148,7 +150,7 @@ def _product_of_experts(
         precision = precision + m / var
         weighted = weighted + m * mu / var
     var = 1.0 / precision
-    return Normal(weighted * var, var.sqrt())
+    return Normal(weighted * var, var.sqrt(), validate_args=False)
 
 
 class MultiModalVAEModule(BaseModuleClass):
@@ -415,7 +417,7 @@ class MultiModalVAEModule(BaseModuleClass):
 
         multi = len(self.modalities) > 1
         if not multi:
-            qz = Normal(means[0], variances[0].sqrt())
+            qz = Normal(means[0], variances[0].sqrt(), validate_args=False)
             qz_modality = {}
         else:
             qz_modality = {
@@ -531,7 +533,7 @@ class MultiModalVAEModule(BaseModuleClass):
         qz_mod = inference_outputs[MODULE_KEYS.QZ_MODALITY_KEY]
         if len(qz_mod) > 1 and self.alignment_weight > 0:
             paired = torch.stack([observed[m] for m in qz_mod], 1).all(1).to(torch.float32)
-            joint = Normal(qz.loc.detach(), qz.scale.detach())
+            joint = Normal(qz.loc.detach(), qz.scale.detach(), validate_args=False)
             align = sum(kl_divergence(joint, q).sum(-1) for q in qz_mod.values()) * paired
             total = total + self.alignment_weight * kl_weight * align
             extra["kl_align"] = align.mean()

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from ._base import CovariateInjection, FCLayers, GaussianEncoder, SparseLinear, reparameterize
+from ._base import (
+    CovariateInjection,
+    Dropout,
+    FCLayers,
+    GaussianEncoder,
+    SparseLinear,
+    reparameterize,
+)
 from ._sparse import csr_matmul
 
 __all__ = [
     "CovariateInjection",
+    "Dropout",
     "FCLayers",
     "GaussianEncoder",
     "SparseLinear",

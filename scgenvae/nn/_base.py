@@ -57,6 +57,54 @@ class CovariateInjection(nn.Module):
         return h
 
 
+class Dropout(nn.Module):
+    """Inverted dropout whose mask comes from 16-bit lanes of 64-bit random integers.
+
+    The same function as :class:`torch.nn.Dropout` (each unit is zeroed independently and the
+    survivors are scaled by ``1 / (1 - p)``), with the drop probability rounded to a multiple
+    of ``2**-16`` (``p = 0.1`` becomes 0.100006) and the survivors scaled by the rounded
+    value, so the expected output equals the input exactly. Drawing a quarter as many random
+    numbers as there are units makes the mask about six times cheaper than the Bernoulli draw
+    of :func:`torch.nn.functional.dropout` on the CPU (measured on 128 x 256 hidden layers:
+    34 vs 206 microseconds), where it was 9% of a PoissonVAE forward pass at batch size 128.
+    All randomness comes from torch's global generator, as for :class:`torch.nn.Dropout`.
+
+    Parameters
+    ----------
+    p
+        Probability of zeroing a unit, in ``[0, 1)``.
+    """
+
+    def __init__(self, p: float = 0.1):
+        super().__init__()
+        if not 0 <= p < 1:
+            msg = f"`dropout_rate` must be in [0, 1), got {p}."
+            raise ValueError(msg)
+        self.p = p
+        self._drop_lanes = round(p * 65536)  # lanes below -32768 + this are dropped
+        self._scale = 65536 / (65536 - self._drop_lanes)
+
+    @property
+    def effective_p(self) -> float:
+        """The drop probability actually used (``p`` rounded to a multiple of ``2**-16``)."""
+        return self._drop_lanes / 65536
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x`` with dropout applied in training mode (unchanged in eval mode)."""
+        if not self.training or self._drop_lanes == 0:
+            return x
+        n = x.numel()
+        words = torch.randint(
+            -(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device
+        )
+        lanes = words.view(torch.int16)[:n].view(x.shape)
+        keep = (lanes >= self._drop_lanes - 32768).to(x.dtype).mul_(self._scale)
+        return x * keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 #: density above which a sparse minibatch is densified for the first layer (measured crossover
 #: of forward + backward time on CPU: ~0.2 at 2,000 features x 256 outputs)
 _DENSE_ABOVE = 0.15
@@ -138,7 +186,7 @@ class FCLayers(nn.Module):
             [CovariateInjection(n_out, n_cats_per_cov, n_continuous_cov) for _ in range(n_layers)]
         )
         self.norms = nn.ModuleList([nn.LayerNorm(n_out) for _ in range(n_layers)])
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
 
     def forward(
         self,

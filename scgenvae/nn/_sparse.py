@@ -98,7 +98,7 @@ class _CSRMatmul(torch.autograd.Function):
             grad.contiguous(),
             offsets=offsets,
             mode="sum",
-            per_sample_weights=vals[order].to(grad.dtype),
+            per_sample_weights=vals.index_select(0, order).to(grad.dtype),
         )
         return grad_weight, None, None, None
 
