@@ -50,7 +50,14 @@ class EpochTimer(Callback):
         if batch_idx % self.every == 0:
             elapsed = time.perf_counter() - self.starts[-1]
             Path(self.progress_file).write_text(
-                json.dumps({"epoch": len(self.starts), "cells": self._cells, "seconds": elapsed})
+                json.dumps(
+                    {
+                        "epoch": len(self.starts),
+                        "cells": self._cells,
+                        "seconds": elapsed,
+                        "peak_rss_mib": peak_rss_mib(),
+                    }
+                )
             )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

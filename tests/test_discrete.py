@@ -106,7 +106,7 @@ def test_discrete_latent_vs_leiden_on_ten_groups(quiet):
     """10 known groups: the model's own clusters against leiden on the Gaussian latent.
 
     Reached here (seed 0): discrete-latent ARI and leiden ARI are printed and both asserted;
-    see benchmarks/RESULTS.md for the figures.
+    see benchmarks/RESULTS_other.md for the figures.
     """
     from scgenvae.datasets import synthetic_rna
 
