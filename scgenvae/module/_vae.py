@@ -187,7 +187,10 @@ class MultiModalVAEModule(BaseModuleClass):
         one trains cross-modal prediction at no extra cost.
     alignment_weight
         Weight of ``sum_m KL(q_joint || q_m)`` on paired cells, which pulls the single-modality
-        posteriors onto the joint one.
+        posteriors onto the joint one. This term is not part of the ELBO and is not annealed
+        with the KL warm-up: under the warm-up the single-modality posteriors drifted away
+        from the joint one in the first epochs and had not caught up by the end of training
+        (A549 held-out FOSCTTM 0.286 against 0.268, mean of 5 seeds).
     n_sampled_peaks
         Bernoulli likelihoods with more features than twice this: during training, score the
         inaccessible part of the likelihood on this many peaks drawn per minibatch (unbiased,
@@ -535,7 +538,8 @@ class MultiModalVAEModule(BaseModuleClass):
             paired = torch.stack([observed[m] for m in qz_mod], 1).all(1).to(torch.float32)
             joint = Normal(qz.loc.detach(), qz.scale.detach(), validate_args=False)
             align = sum(kl_divergence(joint, q).sum(-1) for q in qz_mod.values()) * paired
-            total = total + self.alignment_weight * kl_weight * align
+            # not annealed with kl_weight (an auxiliary term, not the ELBO's KL)
+            total = total + self.alignment_weight * align
             extra["kl_align"] = align.mean()
         if "tau" in kl:
             extra["tau"] = torch.as_tensor(kl["tau"])
