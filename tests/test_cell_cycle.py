@@ -531,28 +531,25 @@ def _report(capsys, rows: dict[str, tuple[float, float]], title: str) -> None:
 
 @pytest.mark.usefixtures("one_thread")
 def test_fucci_acceptance(capsys):
-    # PoissonVAE(n_latent=10, batch_key="chip_id"), 200 epochs on one thread. Over seeds 0-4 the
-    # circular correlation was 0.603, 0.556, 0.677, 0.526, 0.624 (mean 0.597) and the median
-    # error 8.1-8.7% (--slow run of 2026-11-25). A float-rounding change alone moved seed 1 from
-    # 0.60 to 0.53, so one seed is held to the per-seed floor of the five-seed test (0.5); the
-    # mean bar (0.55) is checked there, with --slow
-    rows = _fucci_figures(seed=1)
-    _report(capsys, rows, "FUCCI iPSC (448 cells), PoissonVAE n_latent=10, chip_id, seed 1")
-    corr, err = rows["ours"]
-    assert corr >= 0.5
-    assert err <= 0.10
-    for name, (c, e) in rows.items():  # better than every baseline on both figures
-        if name != "ours":
-            assert corr > c, name
-            assert err < e, name
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
-def test_fucci_acceptance_seeds(capsys):
+    # PoissonVAE(n_latent=10, batch_key="chip_id"), 200 epochs on one thread, seeds 0-4 (about
+    # 35 s in all). Reached 2026-11-29: circular correlation 0.561, 0.589, 0.620, 0.616, 0.569
+    # (mean 0.591), median error 8.0-8.7%. The seed moves the correlation by several hundredths
+    # (float rounding alone once moved a seed from 0.60 to 0.53), so the bar is on the mean,
+    # with a floor for every seed; every seed must also beat every baseline on both figures.
     seeds = (0, 1, 2, 3, 4)
-    res = np.array([_fucci_figures(seed)["ours"] for seed in seeds])
-    _report(capsys, {f"ours seed {s}": tuple(r) for s, r in zip(seeds, res, strict=True)}, "")
+    ours = []
+    for seed in seeds:
+        rows = _fucci_figures(seed=seed)
+        _report(
+            capsys, rows, f"FUCCI iPSC (448 cells), PoissonVAE n_latent=10, chip_id, seed {seed}"
+        )
+        corr, err = rows["ours"]
+        ours.append((corr, err))
+        for name, (c, e) in rows.items():
+            if name != "ours":
+                assert corr > c, (seed, name)
+                assert err < e, (seed, name)
+    res = np.array(ours)
     assert res[:, 0].mean() >= 0.55
     assert res[:, 0].min() >= 0.5
     assert (res[:, 1] <= 0.10).all()
