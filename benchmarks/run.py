@@ -629,15 +629,14 @@ def workload_quality(cfg: Config, runner: Runner, report: dict) -> list[str]:
             ]
         )
     lines += table(QUALITY_COLUMNS, rows)
-    compared = [
+    quality = [
         (label, row[4])
         for (key, label, *_), row in zip(_QUALITY_METRICS, rows, strict=True)
-        if key not in ("train_seconds", "peak_rss_mib") and row[4] != "n/a"
+        if key not in ("train_seconds", "peak_rss_mib")  # cost, not quality
     ]
+    n_metrics = len(quality)
+    compared = [(label, winner) for label, winner in quality if winner != "n/a"]
     worse = [label for label, winner in compared if winner == "MULTIVI"]
-    n_metrics = sum(
-        1 for key, *_ in _QUALITY_METRICS if key not in ("train_seconds", "peak_rss_mib")
-    )
     report.setdefault("targets", []).append(
         [
             "MultiVAE quality at least MULTIVI's (A549 metrics)",

@@ -6,9 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, Poisson
 
+from ._bernoulli import _row_index
+
 
 class _SparseSoftmaxFit(torch.autograd.Function):
     """Per-row ``sum_g x_g log softmax(u)_g`` for a CSR ``x`` (no gradient to ``x``).
+
+    ``x`` comes as its row offsets, the row and column of each non-zero, the values and the row
+    totals ``n`` (which the caller needs too, for the library term).
 
     Forward: the log-softmax, then one segmented gather-sum of it at the non-zeros of ``x``.
     Backward: ``d/du = x - n softmax(u)`` (``n`` the row totals), built in place from the
@@ -18,33 +23,22 @@ class _SparseSoftmaxFit(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, crow, cols, vals):
+    def forward(ctx, logits, offsets, rows, cols, vals, totals):
         log_scale = torch.log_softmax(logits, dim=-1)
-        n_rows, n_cols = logits.shape
-        rows = torch.repeat_interleave(
-            torch.arange(n_rows, device=logits.device), crow[1:] - crow[:-1]
-        )
-        flat = rows * n_cols + cols
-        vals = vals.to(logits.dtype)
+        flat = rows * logits.shape[1] + cols
         fit = F.embedding_bag(
-            flat,
-            log_scale.reshape(-1, 1),
-            offsets=crow[:-1],
-            mode="sum",
-            per_sample_weights=vals,
-            include_last_offset=False,
+            flat, log_scale.reshape(-1, 1), offsets=offsets, mode="sum", per_sample_weights=vals
         ).squeeze(-1)
-        ctx.save_for_backward(log_scale, rows, flat, vals, crow)
+        ctx.save_for_backward(log_scale, rows, flat, vals, totals)
         return fit
 
     @staticmethod
     def backward(ctx, grad):
-        log_scale, rows, flat, vals, crow = ctx.saved_tensors
-        totals = torch.segment_reduce(vals, "sum", offsets=crow)
+        log_scale, rows, flat, vals, totals = ctx.saved_tensors
         # softmax of the log-softmax is the softmax: this is faster than torch.exp on the CPU
         grad_logits = torch.softmax(log_scale, dim=-1).mul_((-(grad * totals)).unsqueeze(-1))
         grad_logits.view(-1).index_add_(0, flat, vals * grad.index_select(0, rows))
-        return grad_logits, None, None, None
+        return grad_logits, None, None, None, None, None
 
 
 class SoftmaxPoisson(Poisson):
@@ -111,9 +105,11 @@ class SoftmaxPoisson(Poisson):
         else:
             if x.layout != torch.sparse_csr:
                 x = x.coalesce().to_sparse_csr()
-            crow, cols, vals = x.crow_indices(), x.col_indices(), x.values().to(dtype)
-            fit = _SparseSoftmaxFit.apply(self.logits, crow, cols, vals)
+            crow = x.crow_indices()
+            rows, cols, vals = _row_index(x)
+            vals = vals.to(dtype)
             total = torch.segment_reduce(vals, "sum", offsets=crow)
+            fit = _SparseSoftmaxFit.apply(self.logits, crow[:-1], rows, cols, vals, total)
             log_fact = torch.segment_reduce(torch.lgamma(vals + 1), "sum", offsets=crow)
         return fit + total * self.log_library - self.log_library.exp() - log_fact
 
