@@ -109,6 +109,9 @@ def _get_library(data, library_key: str | None, modality: str, layer: str | None
     if src is None or src.n_vars == 0:
         return None
     x = src.X if layer is None else src.layers.get(layer)
+    if (x is None or not _looks_like_counts(x)) and layer is None:
+        # log-normalised .X: the raw counts are often kept in layers["counts"]
+        x = src.layers.get("counts")
     if x is None or not _looks_like_counts(x):
         return None
     lib = pd.Series(np.asarray(x.sum(axis=1), dtype=np.float64).ravel(), index=src.obs_names)
@@ -212,10 +215,6 @@ def _robust_z(v: np.ndarray) -> np.ndarray:
     return (v - np.nanmedian(v)) / (sd if sd > 0 else 1.0)
 
 
-def _resultant(angle: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return np.array([np.cos(angle[mask]).mean(), np.sin(angle[mask]).mean()])
-
-
 def marker_peaks(
     angle: np.ndarray, s_score: np.ndarray, g2m_score: np.ndarray, *, quantile: float = 0.25
 ) -> tuple[float, float]:
@@ -243,10 +242,85 @@ def marker_peaks(
     )
 
 
-def _library_trough(angle: np.ndarray, library: np.ndarray) -> np.ndarray:
-    """First-harmonic trough of the standardised log library size, as a vector (length = amplitude)."""
-    coef = np.linalg.lstsq(_harmonics(angle), _robust_z(library), rcond=None)[0]
-    return -coef[1:]
+_N_BOOT = 200
+_CONFIDENCE_LEVEL = 0.95
+_OPPOSITE_MARGIN = np.pi / 4
+
+
+def _cycle_vectors(angle: np.ndarray, values: list[np.ndarray]) -> np.ndarray:
+    """First-harmonic correlation vectors of ``values`` along ``angle`` (k x 2).
+
+    Each standardised value is regressed on the centred and *whitened* ``(cos, sin)`` of the
+    angle: the vector points to the angle where the value peaks and its length is the
+    multiple correlation with ``(cos, sin)`` (at most 1), however unevenly the cells are
+    spread along the angle. Whitening is a positive-definite map, so it keeps which way the
+    angle turns.
+    """
+    h = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    h = h - h.mean(0)
+    cov = h.T @ h / len(h)
+    evals, evecs = np.linalg.eigh(cov)
+    if evals[0] <= 1e-12 * max(evals[1], 1e-300):
+        return np.zeros((len(values), 2))
+    hw = h @ (evecs / np.sqrt(evals)) @ evecs.T
+    out = np.empty((len(values), 2))
+    for i, v in enumerate(values):
+        v = v - v.mean()
+        sd = v.std()
+        out[i] = hw.T @ v / (len(v) * sd) if sd > 0 else 0.0
+    return out
+
+
+def _signed_area(vectors: np.ndarray, *, with_library: bool) -> float:
+    """Twice the signed area of the triangle (G1 vertex, S peak, G2/M peak)."""
+    v_s, v_g = vectors[0], vectors[1]
+    v_1 = vectors[2] if with_library else np.zeros(2)
+    a, b = v_s - v_1, v_g - v_1
+    return float(a[0] * b[1] - a[1] * b[0])
+
+
+def _direction_details(
+    angle: np.ndarray,
+    s_score: np.ndarray,
+    g2m_score: np.ndarray,
+    library: np.ndarray | None,
+    *,
+    n_boot: int = _N_BOOT,
+    rng: SeedLike | RNGLike | None = 0,
+) -> dict[str, Any]:
+    """The orientation rule of :func:`cell_cycle_direction` with its bootstrap confidence."""
+    angle = np.asarray(angle, dtype=np.float64)
+    values = [np.asarray(s_score, dtype=np.float64), np.asarray(g2m_score, dtype=np.float64)]
+    with_library = False
+    if library is not None:
+        lib = np.log(np.maximum(np.asarray(library, dtype=np.float64), 1e-12))
+        if np.std(lib) > 0:
+            values.append(-lib)  # the G1 vertex: the trough of the library size
+            with_library = True
+    vectors = _cycle_vectors(angle, values)
+    area = _signed_area(vectors, with_library=with_library)
+    sign = 1 if area >= 0 else -1
+    gen = np.random.default_rng(rng)
+    n = len(angle)
+    agree = 0
+    for _ in range(n_boot):
+        idx = gen.integers(0, n, n)
+        boot = _cycle_vectors(angle[idx], [v[idx] for v in values])
+        agree += (_signed_area(boot, with_library=with_library) >= 0) == (sign > 0)
+    confidence = agree / n_boot if n_boot > 0 else float("nan")
+    peaks = np.arctan2(vectors[:, 1], vectors[:, 0])
+    gap = float(wrap_angle(sign * (peaks[1] - peaks[0]))[()])
+    near_opposite = abs(gap - np.pi) < _OPPOSITE_MARGIN
+    weak = bool(confidence < _CONFIDENCE_LEVEL or (near_opposite and not with_library))
+    return {
+        "direction": sign,
+        "evidence": abs(area),
+        "confidence": float(confidence),
+        "weak": weak,
+        "library_used": with_library,
+        "peak_gap": gap,
+        "vectors": vectors,
+    }
 
 
 def cell_cycle_direction(
@@ -255,21 +329,27 @@ def cell_cycle_direction(
     g2m_score: np.ndarray,
     *,
     library: np.ndarray | None = None,
-    quantile: float = 0.25,
 ) -> tuple[int, float]:
     """Whether ``angle`` runs in the biological direction G1 -> S -> G2/M.
 
-    The S and G2/M marker peaks (:func:`marker_peaks`, as mean resultant vectors ``v_S`` and
-    ``v_G2M`` of the top-scoring cells) and, when ``library`` is given, the trough of the log
-    library size (``v_G1``: cells are smallest right after division, in G1; the first-harmonic
-    fit of the standardised log library along the angle, its length the fitted amplitude) form
-    a triangle. The angle runs forward when the triangle ``v_G1 -> v_S -> v_G2M`` turns
-    counterclockwise, i.e. ``cross(v_S - v_G1, v_G2M - v_G1) > 0``. Without ``library``
-    (``v_G1 = 0``) this says: going forward from the S peak the G2/M peak comes within less
-    than half a cycle. The library vertex decides when the two marker peaks are nearly
-    opposite (as in stem cells with a short G1), and barely moves the decision otherwise.
+    Three cues are placed along the angle as first-harmonic correlation vectors (each
+    standardised signal regressed on the centred, whitened ``cos``/``sin`` of the angle: the
+    vector points to where the signal peaks, its length is the correlation, at most 1):
+    the S-marker peak ``v_S``, the G2/M-marker peak ``v_G2M`` and, when ``library`` is
+    given, the trough of the log library size ``v_G1`` (a cell's mRNA content grows through
+    S and G2 and halves at division, so it is smallest in early G1). The angle runs forward
+    when the triangle ``v_G1 -> v_S -> v_G2M`` turns counterclockwise,
+    ``cross(v_S - v_G1, v_G2M - v_G1) > 0``.
 
-    Used to orient :func:`align_cell_cycle` and to check which way a reference angle runs.
+    Without ``library`` (``v_G1 = 0``) the rule says: going forward from the S peak the G2/M
+    peak comes within less than half a cycle. That holds only when G1 is long. In cells with
+    a short G1 (stem cells; the FUCCI iPSCs bundled here, where the two peaks lie 175-190
+    degrees apart along the reporter angle) the two peaks are nearly opposite and the marker
+    order alone does not tell the direction; the library trough does.
+
+    Whitening makes the vectors independent of how unevenly the cells are spread along the
+    angle: a fitted angle that bunches the cells at two poles (a common result on a PCA of
+    log-normalised expression) would otherwise pull the peaks onto one axis.
 
     Parameters
     ----------
@@ -279,26 +359,15 @@ def cell_cycle_direction(
         S and G2/M scores of the same cells.
     library
         Total counts per cell (or ``None``).
-    quantile
-        Fraction of top-scoring cells defining each marker peak.
 
     Returns
     -------
     ``(direction, evidence)``: ``+1`` if the angle runs G1 -> S -> G2/M, ``-1`` if the other
-    way; ``evidence`` is the absolute value of the cross product above (near 0: weak).
+    way; ``evidence`` is the absolute value of the cross product above (near 0: weak; at
+    most about 2.6). :func:`align_cell_cycle` adds a bootstrap confidence.
     """
-    angle = np.asarray(angle, dtype=np.float64)
-    s_score, g2m_score = np.asarray(s_score), np.asarray(g2m_score)
-    v_s = _resultant(angle, s_score >= np.quantile(s_score, 1.0 - quantile))
-    v_g = _resultant(angle, g2m_score >= np.quantile(g2m_score, 1.0 - quantile))
-    v_1 = np.zeros(2)
-    if library is not None:
-        lib = np.log(np.maximum(np.asarray(library, dtype=np.float64), 1e-12))
-        if np.std(lib) > 0:
-            v_1 = _library_trough(angle, lib)
-    a, b = v_s - v_1, v_g - v_1
-    area = float(a[0] * b[1] - a[1] * b[0])
-    return (1 if area >= 0 else -1), abs(area)
+    d = _direction_details(angle, s_score, g2m_score, library, n_boot=0)
+    return d["direction"], d["evidence"]
 
 
 def _smooth_profile(
@@ -526,7 +595,8 @@ def align_cell_cycle(
         lib_fit = library[fit]
         if not (np.isfinite(lib_fit).all() and (lib_fit > 0).all()):
             lib_fit = None
-    sign, evidence = cell_cycle_direction(phi, s, g, library=lib_fit)
+    orient = _direction_details(phi, s, g, lib_fit, rng=rng)
+    sign = orient["direction"]
     theta = wrap_angle(sign * phi)
     s_peak, g_peak = marker_peaks(theta, s, g)
     grid = np.linspace(0.0, TWO_PI, _N_GRID, endpoint=False)
@@ -539,13 +609,24 @@ def align_cell_cycle(
     theta = wrap_angle(theta - zero)
     s_peak, g_peak = (float(wrap_angle(v - zero)[()]) for v in (s_peak, g_peak))
     gap = float(wrap_angle(g_peak - s_peak)[()])
-    if evidence < 0.05:
-        logger.warning(
-            "the direction of the cell-cycle angle is weakly determined (evidence %.3f; S and "
-            "G2/M markers peak %.0f degrees apart%s).",
-            evidence,
-            np.degrees(gap),
-            "" if lib_fit is not None else ", no library sizes",
+    if orient["weak"]:
+        reason = (
+            f"{100 * orient['confidence']:.0f}% of {_N_BOOT} bootstrap resamples of the cells "
+            "agree with it"
+        )
+        if not orient["library_used"]:
+            reason += (
+                f"; no library sizes (counts), and the S and G2/M markers peak "
+                f"{np.degrees(orient['peak_gap']):.0f} degrees apart, so their order alone "
+                "cannot tell the direction of a cycle with a short G1"
+            )
+        warnings.warn(
+            f"align_cell_cycle: the direction of the cell-cycle angle is weakly determined "
+            f"({reason}). Pass the raw counts (`layer=`, `library_key=` or "
+            f"layers['counts']) or check that `use_rep` carries the cycle; see "
+            f"uns[{key_added!r}]['direction_confidence'].",
+            UserWarning,
+            stacklevel=2,
         )
 
     # ellipse in the final parametrisation: phi = sign * (theta + zero)
@@ -631,8 +712,10 @@ def align_cell_cycle(
         "s_peak": s_peak,
         "g2m_peak": g_peak,
         "peak_gap": gap,
-        "direction_evidence": float(evidence),
-        "library_used": lib_fit is not None,
+        "direction_evidence": float(orient["evidence"]),
+        "direction_confidence": float(orient["confidence"]),
+        "direction_weak": bool(orient["weak"]),
+        "library_used": bool(orient["library_used"]),
         "profile": {"angle": prof_grid, "S_score": prof_s, "G2M_score": prof_g},
         "n_iter": int(n_iter),
         "converged": bool(converged),
