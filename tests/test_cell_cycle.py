@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -493,14 +494,46 @@ def test_align_with_model_argument(trained):
 # --------------------------------------------------------------------------------------------
 # FUCCI: the issue's acceptance figures (no labels enter the method)
 # --------------------------------------------------------------------------------------------
+_RFP, _GFP, _DAPI = (
+    "rfp.median.log10sum.adjust",
+    "gfp.median.log10sum.adjust",
+    "dapi.median.log10sum.adjust",
+)
+
+
+def _first_harmonic_peak(angle: np.ndarray, values: np.ndarray) -> float:
+    h = np.stack([np.ones_like(angle), np.cos(angle), np.sin(angle)], axis=1)
+    coef = np.linalg.lstsq(h, values - values.mean(), rcond=None)[0]
+    return float(np.arctan2(coef[2], coef[1]))
+
+
+def _fucci_reference(obs: pd.DataFrame) -> np.ndarray:
+    """The FUCCI angle oriented by the reporters alone, never by the method's own cues.
+
+    mCherry-Cdt1 (rfp) peaks in G1 and EGFP-Geminin (gfp) in S/G2/M: going forward the Geminin
+    peak follows the Cdt1 peak within half a cycle, and the DNA content (dapi) peak follows
+    the Geminin peak.
+    """
+    theta = obs["theta"].to_numpy()
+    rfp, gfp, dapi = (
+        _first_harmonic_peak(theta, obs[k].to_numpy(dtype=float)) for k in (_RFP, _GFP, _DAPI)
+    )
+    forward = np.mod(gfp - rfp, TWO_PI) < np.pi
+    assert forward == (np.mod(dapi - gfp, TWO_PI) < np.pi)
+    return np.mod((1 if forward else -1) * theta, TWO_PI)
+
+
+def test_fucci_reference_runs_forward_in_every_donor():
+    adata = scgenvae.datasets.fucci_ipsc()
+    for donor in adata.obs["chip_id"].cat.categories:
+        obs = adata.obs[adata.obs["chip_id"] == donor]
+        np.testing.assert_allclose(_fucci_reference(obs), obs["theta"].to_numpy())
+
+
 def _fucci_figures(seed: int) -> dict[str, tuple[float, float]]:
     adata = scgenvae.datasets.fucci_ipsc()
-    theta = adata.obs["theta"].to_numpy()
     score_cell_cycle(adata, gene_symbols="hgnc")
-    s, g = adata.obs["S_score"].to_numpy(), adata.obs["G2M_score"].to_numpy()
-    # which way does the FUCCI angle run? (decided from the markers, as for our angle)
-    direction, _ = cell_cycle_direction(theta, s, g, library=np.asarray(adata.X.sum(1)).ravel())
-    ref = np.mod(direction * theta, TWO_PI)
+    ref = _fucci_reference(adata.obs)
 
     scgenvae.model.PoissonVAE.setup_anndata(adata, batch_key="chip_id")
     model = scgenvae.model.PoissonVAE(adata, n_latent=10)
@@ -573,3 +606,67 @@ def test_neurosphere_agrees_with_tricycle():
     assert circular_error(ours, tri) < 0.08
     assert adata.uns["cell_cycle"]["direction_evidence"] > 0.5
     assert set(adata.obs["cell_cycle_phase"].astype(str)) == {"G1", "S", "G2M"}
+
+
+# --------------------------------------------------------------------------------------------
+# orientation on data nobody tuned on (issue 14): per donor, reporter-based truth
+# --------------------------------------------------------------------------------------------
+def test_weak_direction_warns_on_noise():
+    """A representation without a cycle (random noise): the direction is a guess, and says so."""
+    adata, _, _ = _ring(seed=3)
+    align_cell_cycle(adata, use_rep="X_rep")  # a clean ring: no warning (warnings are errors)
+    assert not adata.uns["cell_cycle"]["direction_weak"]
+    assert adata.uns["cell_cycle"]["direction_confidence"] >= 0.95
+    adata.obsm["noise"] = np.random.default_rng(0).normal(size=(adata.n_obs, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the ellipse fit may not converge
+        with pytest.warns(UserWarning, match="weakly determined"):
+            align_cell_cycle(adata, use_rep="noise", key_added="noise")
+    u = adata.uns["noise"]
+    assert u["direction_weak"]
+    assert u["direction_confidence"] < 0.95
+
+
+def _pca_of_lognorm(adata) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.asarray(adata.layers["counts"].toarray(), dtype=float)
+    lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    lg = ad.AnnData(lognorm)
+    sc.pp.pca(lg, random_state=0)
+    return lognorm, lg.obsm["X_pca"]
+
+
+def test_fucci_pca_orientation_per_donor():
+    """align_cell_cycle on the PCA of each donor's log-normalised expression runs the right way
+    (Fisher-Lee correlation with the reporter-oriented FUCCI angle > 0), whether the counts are
+    in .X or, with a log-normalised .X, in layers["counts"]; it is never confidently wrong (a
+    wrong-looking error is flagged weak); without any counts the direction is flagged weak.
+
+    Before the whitened library-trough rule the pooled PCA came out backwards (issue 14).
+    """
+    full = scgenvae.datasets.fucci_ipsc()
+    for donor in [*full.obs["chip_id"].cat.categories, None]:
+        base = full if donor is None else full[full.obs["chip_id"] == donor].copy()
+        ref = _fucci_reference(base.obs)
+        lognorm, pca = _pca_of_lognorm(base)
+        for mode in ("counts in X", "counts layer", "no counts"):
+            adata = base.copy()
+            adata.obsm["X_pca"] = pca
+            if mode != "counts in X":
+                adata.X = lognorm
+            if mode == "no counts":
+                del adata.layers["counts"]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                align_cell_cycle(adata, use_rep="X_pca", gene_symbols="hgnc")
+            warned = any("weakly determined" in str(w.message) for w in caught)
+            u = adata.uns["cell_cycle"]
+            assert warned == u["direction_weak"], (donor, mode)
+            angle = adata.obs["cell_cycle_angle"].to_numpy()
+            if mode == "no counts":
+                assert not u["library_used"]
+                assert u["direction_weak"], donor
+                continue
+            assert u["library_used"], (donor, mode)
+            assert circular_correlation(angle, ref, method="fl") > 0, (donor, mode)
+            right_err = circular_error(angle, ref) < circular_error(-angle, ref)
+            assert right_err or u["direction_weak"], (donor, mode)
