@@ -43,6 +43,7 @@ from scgenvae._constants import (
 from scgenvae._settings import settings
 from scgenvae.distributions import FactorisedBernoulli
 
+from ._callbacks import WarmupEarlyStopping
 from ._data import (
     DEFAULT_BLOCK_SIZE,
     STREAMS,
@@ -53,6 +54,7 @@ from ._data import (
     column_means,
     registry_arrays,
 )
+from ._health import health_report, stop_message, warn_problems
 from ._validate import check_known_categories, check_trainable
 
 if TYPE_CHECKING:
@@ -71,6 +73,10 @@ _CHECKPOINT_FILE = "last.ckpt"
 _CKPT_KEY = "scgenvae"
 #: Lightning's DDP strategy names that have a ``*_find_unused_parameters_true`` variant
 _DDP_ALIASES = frozenset({"ddp", "ddp_fork", "ddp_notebook"})
+#: ``train(early_stopping=None)`` holds out validation cells and stops early from this many cells
+EARLY_STOPPING_MIN_CELLS = 1000
+#: epochs without improvement of the validation ELBO (after the KL warm-up) before stopping
+EARLY_STOPPING_PATIENCE = 30
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -509,6 +515,8 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         self._setup_args = dict(args)
         self._features = self._feature_names(data, args)
         self._user_data = weakref.ref(data)
+        #: figures and checks of the last ``train()`` (see ``scgenvae.model._health``)
+        self.training_report: dict[str, Any] | None = None
 
     def _internal(self, data=None) -> AnnData:
         """Internal AnnData of ``data`` (the training data when ``None``), validated."""
@@ -616,7 +624,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         devices: int | list[int] | str = "auto",
         train_size: float | None = None,
         validation_size: float | None = None,
-        early_stopping: bool = False,
+        early_stopping: bool | None = None,
         seed: int | None = None,
         n_epochs_kl_warmup: int | None = None,
         lr: float = 1e-3,
@@ -647,7 +655,12 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         train_size, validation_size
             Fractions of cells for training and validation (scvi-tools' ``DataSplitter``).
         early_stopping
-            Stop when the validation ELBO stops improving (needs validation cells).
+            Stop when the validation ELBO has not improved for ``early_stopping_patience``
+            epochs (default 30; a keyword of ``trainer_kwargs``), counting only after the KL
+            warm-up. ``None`` (default): on with 1,000 cells or more (10% of them are then held
+            out for validation, unless ``train_size`` says otherwise), off below that, with
+            ``train_size=1.0`` and under distributed training. A line at the end of training
+            says when and why it stopped (``model.training_report["stop"]``).
         seed
             Seed for torch/Lightning; ``None`` uses ``scgenvae.settings.seed``.
         n_epochs_kl_warmup
@@ -707,8 +720,15 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             max(1, int(0.6 * (max_epochs - plan_kwargs["cluster_init_epoch"]))),
         )
         trainer_kwargs.setdefault("enable_checkpointing", False)
-        if early_stopping:
-            trainer_kwargs.setdefault("early_stopping_monitor", "elbo_validation")
+        early_stopping, stopper = self._early_stopping(
+            early_stopping,
+            train_size=train_size,
+            warmup_epochs=n_epochs_kl_warmup,
+            trainer_kwargs=trainer_kwargs,
+        )
+        if stopper is not None:
+            trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), stopper]
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         if train_size is None and not early_stopping:
             train_size = 1.0
         self._train_seed = seed
@@ -763,7 +783,6 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 train_size=train_size,
                 validation_size=validation_size,
                 batch_size=batch_size,
-                early_stopping=early_stopping,
                 plan_kwargs=plan_kwargs,
                 datasplitter_kwargs={
                     "seed": seed,
@@ -773,6 +792,99 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 **trainer_kwargs,
             )
         self.module.eval()
+        self._check_fit(max_epochs=max_epochs, stopper=stopper, progress=trainer_kwargs)
+
+    def _early_stopping(
+        self,
+        early_stopping: bool | None,
+        *,
+        train_size: float | None,
+        warmup_epochs: int,
+        trainer_kwargs: dict,
+    ) -> tuple[bool, WarmupEarlyStopping | None]:
+        """Resolve ``early_stopping=None`` and build the callback (scvi-tools' keywords)."""
+        options = {
+            key: trainer_kwargs.pop(f"early_stopping_{key}")
+            for key in ("monitor", "patience", "min_delta", "mode", "warmup_epochs")
+            if f"early_stopping_{key}" in trainer_kwargs
+        }
+        strategy = trainer_kwargs.get("strategy")
+        distributed = isinstance(strategy, str) and strategy.startswith("ddp")
+        if early_stopping is None:
+            early_stopping = (
+                self.adata.n_obs >= EARLY_STOPPING_MIN_CELLS
+                and not distributed
+                and (train_size is None or train_size < 1.0)
+            )
+        if not early_stopping:
+            return False, None
+        if distributed:
+            msg = (
+                "`early_stopping=True` is not supported under distributed training; pass "
+                "`early_stopping=False` and choose `max_epochs`."
+            )
+            raise ValueError(msg)
+        if train_size is not None and train_size >= 1.0 and not trainer_kwargs.get(
+            "validation_size"
+        ):
+            msg = "`early_stopping=True` needs validation cells: pass `train_size` below 1."
+            raise ValueError(msg)
+        stopper = WarmupEarlyStopping(
+            monitor=options.get("monitor", "elbo_validation"),
+            patience=int(options.get("patience", EARLY_STOPPING_PATIENCE)),
+            min_delta=float(options.get("min_delta", 0.0)),
+            mode=options.get("mode", "min"),
+            warmup_epochs=int(options.get("warmup_epochs", warmup_epochs)),
+        )
+        return True, stopper
+
+    def _paired_check_cells(self) -> tuple[np.ndarray | None, str]:
+        """Cells observed in every modality for the cross-modal check, and which they are.
+
+        The validation cells when there are enough (a model can memorise the pairing of
+        the cells it trained on), else the training cells; ``None`` for one modality.
+        """
+        if len(self.modalities) < 2:
+            return None, "none"
+        observed = np.ones(self.adata.n_obs, dtype=bool)
+        for spec in self._module_kwargs["modalities"].values():
+            observed &= self._row_totals(self.adata, spec.registry_key) > 0
+        validation = getattr(self, "validation_indices", None)
+        if validation is not None and len(validation):
+            held_out = np.sort(np.asarray(validation)[observed[np.asarray(validation)]])
+            if held_out.size >= 50:
+                return held_out, "validation"
+        return np.flatnonzero(observed), "training"
+
+    def _check_fit(self, *, max_epochs: int, stopper, progress: dict) -> None:
+        """Fill :attr:`training_report`, say why training stopped, warn about failures."""
+        epochs_run = int(getattr(self.trainer, "current_epoch", max_epochs) or 0)
+        summary = stopper.summary() if stopper is not None else None
+        paired, which = self._paired_check_cells()
+        line = stop_message(epochs_run=epochs_run, max_epochs=max_epochs, early_stopping=summary)
+        report = health_report(
+            history=self.history_,
+            get_latent=self.get_latent_representation,
+            modalities=list(self.modalities),
+            paired_indices=paired,
+            paired_cells=which,
+            n_obs=self.adata.n_obs,
+            parameters_finite=all(
+                bool(torch.isfinite(p).all()) for p in self.module.parameters()
+            ),
+            seed=self._train_seed or 0,
+        )
+        report["stop"] = {
+            "message": line,
+            "epochs": epochs_run,
+            "max_epochs": int(max_epochs),
+            "early_stopping": summary,
+        }
+        self.training_report = report
+        logger.info(line)
+        if progress.get("enable_progress_bar", True):
+            print(line)  # noqa: T201 - the one line that closes the progress bar
+        warn_problems(report, stacklevel=4)
 
     def _stream_kwargs(self, *, load_in_memory: bool | None, block_size: int) -> dict:
         """Data-splitter arguments choosing between in-memory and streamed minibatches."""
@@ -1069,6 +1181,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             "state_dict": self.module.state_dict(),
             "is_trained": self.is_trained_,
             "history": {k: v.to_dict() for k, v in (self.history_ or {}).items()},
+            "training_report": self.training_report,
         }
         fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".tmp")
         os.close(fd)
@@ -1131,6 +1244,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         model.module.eval()
         model.is_trained_ = payload["is_trained"]
         model.history_ = {k: pd.DataFrame(v) for k, v in payload["history"].items()}
+        model.training_report = payload.get("training_report")
         return model
 
 

@@ -1,0 +1,42 @@
+"""Lightning callbacks of the training plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import EarlyStopping
+
+
+class WarmupEarlyStopping(EarlyStopping):
+    """Stop when the validation ELBO stops improving, counting only after the KL warm-up.
+
+    During the warm-up the objective is not the ELBO (the KL term is scaled down), so the
+    validation ELBO may rise while the fit improves; epochs before ``warmup_epochs`` are
+    neither checked nor counted towards ``patience``. Records the best epoch, for the line that
+    says why training stopped.
+    """
+
+    def __init__(self, *, warmup_epochs: int = 0, **kwargs) -> None:
+        kwargs.setdefault("verbose", False)
+        super().__init__(**kwargs)
+        self.warmup_epochs = int(warmup_epochs)
+        self.best_epoch: int | None = None
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        if trainer.current_epoch < self.warmup_epochs:
+            return
+        before = float(self.best_score)
+        super()._run_early_stopping_check(trainer)
+        if float(self.best_score) != before:
+            self.best_epoch = trainer.current_epoch
+
+    def summary(self) -> dict[str, Any]:
+        """What the report needs: whether it stopped, the patience and the best epoch's ELBO."""
+        return {
+            "stopped": bool(self.stopped_epoch),
+            "patience": int(self.patience),
+            "monitor": self.monitor,
+            "best": float(self.best_score),
+            "best_epoch": None if self.best_epoch is None else self.best_epoch + 1,
+            "warmup_epochs": self.warmup_epochs,
+        }
