@@ -233,7 +233,7 @@ def run(seeds: list[int], max_epochs: int | None) -> str:
         "|---|---|---|---|---|---|---|",
     ]
 
-    def fmt(vals, pct=False):
+    def fmt(vals, *, pct=False):
         v = np.asarray(vals)
         f = (lambda x: f"{x:.1%}") if pct else (lambda x: f"{x:.3f}")
         return f"{f(np.median(v))} ({f(v.min())} to {f(v.max())})"

@@ -456,9 +456,13 @@ def align_cell_cycle(
 
     * **direction** - the angle increases G1 -> S -> G2/M: the trough of the library size
       (G1, cells are smallest after division), the S-marker peak and the G2/M-marker peak
-      follow each other counterclockwise; without counts, going forward from the S peak the
-      G2/M peak comes within less than half a cycle
-      (:func:`~scgenvae.tl.cell_cycle_direction`, peaks from :func:`~scgenvae.tl.marker_peaks`);
+      follow each other counterclockwise, as whitened first-harmonic correlation vectors;
+      without counts, going forward from the S peak the G2/M peak comes within less than half
+      a cycle, which fails for cycles with a short G1
+      (:func:`~scgenvae.tl.cell_cycle_direction`). A bootstrap over the cells gives the
+      share of resamples that agree; below 95%, or without counts when the two marker peaks
+      are within 45 degrees of opposite, the direction is flagged weak and a ``UserWarning``
+      is raised;
     * **origin** - the S and G2/M scores are smoothed along the angle (von Mises kernel,
       ``bandwidth``) and labelled with scanpy's rule (G1 if both are negative, else the larger
       one); angle 0 is the start of the longest S arc, i.e. the G1/S transition;
@@ -493,9 +497,10 @@ def align_cell_cycle(
     library_key
         obs column with total counts per cell, for the direction rule. Default: the row sums
         of ``.X`` (or ``layer``; ``mdata.mod[modality]`` for MuData) when they hold counts,
-        else the rule uses the marker peaks alone.
+        else of ``layers["counts"]`` when present, else the rule uses the marker peaks alone.
     rng
-        Seed or generator for the control genes of the scores (the fit is deterministic).
+        Seed or generator for the control genes of the scores and for the bootstrap of the
+        direction (the fit itself is deterministic).
     key_added
         Base name of the outputs: ``obs[key_added + '_angle']``,
         ``obs[key_added + '_phase']``, ``uns[key_added]`` and ``obsm[use_rep + '_cycle']``
@@ -524,6 +529,7 @@ def align_cell_cycle(
         ``cycle_r2`` (share explained by ``cos``/``sin`` of the angle), ``dim_corr`` (circular-
         linear correlation of each dimension with the angle), ``best_dim`` and
         ``best_dim_corr``, ``s_peak`` / ``g2m_peak`` / ``peak_gap`` / ``direction_evidence`` /
+        ``direction_confidence`` (bootstrap share agreeing) / ``direction_weak`` /
         ``library_used`` (orientation evidence), ``profile`` (smoothed scores along the angle), ``n_iter``, ``converged``
         and ``params``. Also `obs[s_score_key]` / `obs[g2m_score_key]` when they were missing.
 
