@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow demo bench docs lint clean
+.PHONY: install test test-slow demo bench defaults docs lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -45,3 +45,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo_output docs/_build docs/generated
+
+# the defaults study (issue 14): every model at its default arguments on each bundled real data set,
+# 3 seeds; writes benchmarks/RESULTS_defaults.md (about 40 min on 2 cores)
+defaults: $(STAMP)
+	$(PY) benchmarks/defaults.py --output benchmarks/RESULTS_defaults.md

@@ -34,11 +34,13 @@ def evaluate(model, mdata_test, mdata_all, time_key: str = "Time") -> dict:
     acc = model.get_accessibility_estimates(mdata_test, use_modality="rna")
     expr = model.get_normalized_expression(mdata_test, use_modality="atac")
     auroc, auprc = metrics.auroc_auprc(mdata_test.mod["atac"].X, acc)
+    peak_auroc = metrics.mean_feature_auroc(mdata_test.mod["atac"].X, acc)
     z_all = model.get_latent_representation(mdata_all)
     return {
         "foscttm": metrics.foscttm(z_rna, z_atac),
         "auroc_atac_from_rna": auroc,
         "auprc_atac_from_rna": auprc,
+        "peak_auroc_atac_from_rna": peak_auroc,
         "spearman_rna_from_atac": metrics.mean_gene_spearman(mdata_test.mod["rna"].X, expr),
         "time_knn_accuracy": metrics.knn_accuracy(z_all, mdata_all.obs[time_key]),
     }

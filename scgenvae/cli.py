@@ -102,6 +102,10 @@ def _fit(args: argparse.Namespace) -> int:
         PoissonVAE.setup_anndata(data, layer=args.layer, batch_key=args.batch_key)
         model = PoissonVAE(data, n_latent=args.n_latent)
     model.train(**train_kwargs, enable_progress_bar=not args.quiet)
+    if not args.quiet:
+        from scgenvae.model._health import format_report
+
+        print(format_report(model.training_report))
     model.export_latent(data, key_added=args.key_added)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -70,3 +70,28 @@ def mean_gene_spearman(observed, predicted: np.ndarray) -> float:
     rp -= rp.mean(0)
     r = (ro * rp).sum(0) / np.sqrt((ro**2).sum(0) * (rp**2).sum(0))
     return float(r.mean())
+
+
+def mean_feature_auroc(observed, predicted: np.ndarray) -> float:
+    """Mean over features of the AUROC across cells of predicted against binary observations.
+
+    Features that are open (non-zero) in every cell or in none are skipped. A prediction that
+    is the same for every cell, such as each peak's frequency, scores exactly 0.5: the figure
+    measures the cell-specific part of a prediction that :func:`auroc_auprc` (all entries
+    pooled) mixes with the features' frequencies. Ties share their average rank.
+    """
+    y = _dense(observed) > 0
+    pred = np.asarray(predicted, dtype=np.float64)
+    if y.shape != pred.shape:
+        msg = f"observed and predicted must have one shape, got {y.shape} and {pred.shape}."
+        raise ValueError(msg)
+    n_pos = y.sum(0)
+    n_neg = y.shape[0] - n_pos
+    keep = (n_pos > 0) & (n_neg > 0)
+    if not keep.any():
+        return float("nan")
+    ranks = stats.rankdata(pred[:, keep], axis=0)
+    pos = n_pos[keep].astype(np.float64)
+    rank_sum = (ranks * y[:, keep]).sum(0)
+    auc = (rank_sum - pos * (pos + 1) / 2) / (pos * n_neg[keep])
+    return float(auc.mean())

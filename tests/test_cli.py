@@ -68,3 +68,16 @@ def test_demo_writes_files(tmp_path, monkeypatch):
     assert all(p.stat().st_size > 0 for p in paths)
     back = ad.read_h5ad(paths[0])
     assert np.isfinite(back.obsm["X_scgenvae"]).all()
+
+
+def test_fit_prints_the_training_report(tmp_path, capsys):
+    adata = datasets.synthetic_rna(120, 30, rng=0)
+    src, out = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    adata.write_h5ad(src)
+    argv = ["fit", str(src), "-o", str(out), "--batch-key", "batch", "--max-epochs", "3"]
+    assert cli.main([*argv, "--n-latent", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "training ran its 3 of 3 epochs (max_epochs reached)." in text
+    assert "active latent dimensions:" in text
+    assert "of 3 (variance of the posterior mean" in text
+    assert "training loss" in text

@@ -190,6 +190,32 @@ def warn_problems(report: dict[str, Any], *, stacklevel: int = 3) -> None:
         warnings.warn(f"training check: {problem}", TrainingHealthWarning, stacklevel=stacklevel)
 
 
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a few plain lines (``scgenvae fit`` prints them)."""
+    lines = [report["stop"]["message"]] if "stop" in report else []
+    first, last = report.get("train_loss_first"), report.get("train_loss_last")
+    if first is not None and last is not None:
+        lines.append(
+            f"training loss {first:.6g} -> {last:.6g} over {report['n_epochs']} epochs; "
+            f"largest rise {report['divergence_ratio']:.3g}x the best earlier epoch "
+            f"(diverged above {DIVERGENCE_RATIO})"
+        )
+    lines.append(
+        f"active latent dimensions: {report['active_dimensions']} of {report['n_latent']} "
+        f"(variance of the posterior mean across cells > {ACTIVE_VARIANCE})"
+    )
+    if report.get("modality_foscttm") is not None:
+        lines.append(
+            f"cross-modal FOSCTTM on {report['modality_foscttm_cells']} cells: "
+            f"{report['modality_foscttm']:.3f} (0 perfect, 0.5 chance; warned at "
+            f">= {IGNORED_MODALITY_FOSCTTM})"
+        )
+    lines.append("finite: yes" if report.get("finite") else "finite: NO")
+    problems = report.get("problems") or []
+    lines += [f"problem: {p}" for p in problems] or ["problems: none"]
+    return "\n".join(lines)
+
+
 def stop_message(
     *, epochs_run: int, max_epochs: int, early_stopping: dict[str, Any] | None
 ) -> str:
@@ -207,6 +233,7 @@ __all__ = [
     "TrainingHealthWarning",
     "active_dimensions",
     "divergence_ratio",
+    "format_report",
     "health_report",
     "stop_message",
     "warn_problems",
