@@ -210,7 +210,7 @@ def run_fucci(seeds: list[int]) -> list[dict]:
     pca.obsm["X_pca"] = _log_pca(adata, 10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scgenvae.tl.align_cell_cycle(pca, use_rep="X_pca")
+        scgenvae.tl.align_cell_cycle(pca, use_rep="X_pca", gene_symbols="hgnc")
     corr, err = cc._metrics(pca.obs["cell_cycle_angle"].to_numpy(), ref, best_direction=False)
     rows.append(
         {"dataset": "FUCCI", "method": "PCA of log-normalised + align_cell_cycle", "seed": 0}
@@ -224,10 +224,14 @@ def run_fucci(seeds: list[int]) -> list[dict]:
         model.export_latent(data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            scgenvae.tl.align_cell_cycle(data, use_rep="X_scgenvae")
+            scgenvae.tl.align_cell_cycle(data, use_rep="X_scgenvae", gene_symbols="hgnc")
         corr, err = cc._metrics(data.obs["cell_cycle_angle"].to_numpy(), ref, best_direction=False)
         rows.append(
-            {"dataset": "FUCCI", "method": "PoissonVAE (defaults) + align_cell_cycle", "seed": seed}
+            {
+                "dataset": "FUCCI",
+                "method": "PoissonVAE (defaults) + align_cell_cycle",
+                "seed": seed,
+            }
             | {"circular_corr": corr, "median_error": err}
             | {"train_seconds": seconds, "health": health}
         )
@@ -306,7 +310,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(HERE / "RESULTS_defaults.md"))
+    parser.add_argument(
+        "--merge",
+        default=None,
+        help="comma-separated JSON files of earlier runs: write one report of their rows",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        rows = [r for f in args.merge.split(",") for r in json.loads(Path(f).read_text())]
+        header = f"# Defaults study\n\nMerged from {args.merge} (CPU: {_cpu_model()})."
+        text = report(rows, header)
+        Path(args.output).write_text(text)
+        Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        print(text)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]

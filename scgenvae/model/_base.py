@@ -721,7 +721,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         )
         trainer_kwargs.setdefault("enable_checkpointing", False)
         early_stopping, stopper = self._early_stopping(
-            early_stopping,
+            early_stopping=early_stopping,
             train_size=train_size,
             warmup_epochs=n_epochs_kl_warmup,
             trainer_kwargs=trainer_kwargs,
@@ -796,8 +796,8 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
 
     def _early_stopping(
         self,
-        early_stopping: bool | None,
         *,
+        early_stopping: bool | None,
         train_size: float | None,
         warmup_epochs: int,
         trainer_kwargs: dict,
@@ -824,8 +824,10 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 "`early_stopping=False` and choose `max_epochs`."
             )
             raise ValueError(msg)
-        if train_size is not None and train_size >= 1.0 and not trainer_kwargs.get(
-            "validation_size"
+        if (
+            train_size is not None
+            and train_size >= 1.0
+            and not trainer_kwargs.get("validation_size")
         ):
             msg = "`early_stopping=True` needs validation cells: pass `train_size` below 1."
             raise ValueError(msg)
@@ -869,9 +871,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             paired_indices=paired,
             paired_cells=which,
             n_obs=self.adata.n_obs,
-            parameters_finite=all(
-                bool(torch.isfinite(p).all()) for p in self.module.parameters()
-            ),
+            parameters_finite=all(bool(torch.isfinite(p).all()) for p in self.module.parameters()),
             seed=self._train_seed or 0,
         )
         report["stop"] = {
@@ -883,7 +883,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         self.training_report = report
         logger.info(line)
         if progress.get("enable_progress_bar", True):
-            print(line)  # noqa: T201 - the one line that closes the progress bar
+            print(line)  # the one line that closes the progress bar
         warn_problems(report, stacklevel=4)
 
     def _stream_kwargs(self, *, load_in_memory: bool | None, block_size: int) -> dict:
