@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-
 import matplotlib as mpl
 import pytest
 import torch
@@ -9,16 +7,14 @@ import torch
 mpl.use("Agg")
 # the models under test are small: one thread is as fast and immune to oversubscription
 torch.set_num_threads(1)
-os.environ.setdefault("SCGENVAE_FAST", "1")
 
 # one loop over {option: marker}: a marked test runs only when its option is given
-_OPTIONS = {"--slow": "slow", "--gpu": "gpu"}
+_OPTIONS = {"--slow": "slow"}
 
 
 def pytest_addoption(parser):
     for option, marker in _OPTIONS.items():
         parser.addoption(option, action="store_true", default=False, help=f"run {marker} tests")
-    parser.addoption("--accelerator", default="cpu", help="accelerator for model tests")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,6 +7,7 @@ their committed outputs come from a full run (see ``tutorials/README.md``).
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -56,6 +57,26 @@ def _readme_quickstart() -> str:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Quickstart", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def _readme_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+
+
+def test_every_readme_code_block_runs_in_order():
+    """All Python blocks of the README, in one namespace, as a reader would paste them."""
+    blocks = _readme_blocks()
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    with warnings.catch_warnings():
+        # the PBMC peaks hold fragment counts: the README's default Bernoulli model says so
+        warnings.filterwarnings("ignore", message="ATAC values are not binary")
+        for i, code in enumerate(blocks):
+            exec(compile(code, f"README.md block {i + 1}", "exec"), namespace)
+    mdata, model = namespace["mdata"], namespace["model"]
+    assert mdata.obsm["X_scgenvae"].shape == (mdata.n_obs, 20)
+    assert namespace["atac_from_rna"].shape == mdata.mod["atac"].shape
+    assert model.training_report["problems"] == []
 
 
 def test_readme_quickstart_is_short_and_runs_as_written():
