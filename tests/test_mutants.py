@@ -257,6 +257,12 @@ def test_knn_accuracy_by_hand():
     acc = scgenvae.metrics.knn_accuracy(rep, shuffled, n_neighbors=5)
     assert 0.2 < acc < 0.8
     assert scgenvae.metrics.knn_accuracy(rep, shuffled, n_neighbors=5) == acc  # seeded
+    # every training cell a neighbour: each fold predicts the majority class, so the mean
+    # accuracy over the (unequal) stratified folds is about that class's share, 62 / 103
+    labels = np.repeat([0, 1], [62, 41])
+    rep = rng.normal(size=(103, 2))
+    acc = scgenvae.metrics.knn_accuracy(rep, labels, n_neighbors=82)
+    assert acc == pytest.approx(62 / 103, abs=0.002)
 
 
 def test_auroc_auprc_by_hand():
