@@ -171,10 +171,44 @@ def test_early_stopping_is_on_by_default_from_1000_cells_and_says_why(capsys):
     )
     stop = model.training_report["stop"]
     assert stop["early_stopping"]["stopped"] is True
+    assert stop["early_stopping"]["best_epoch"] == 6
     assert stop["epochs"] == 7  # first check at epoch 6 sets the best, epoch 7 fails it
     assert "elbo_validation" in model.history
     out = capsys.readouterr().out
     assert "training stopped early at epoch 7 of at most 200" in out
+
+
+def test_early_stopping_keeps_the_parameters_of_the_best_epoch():
+    import torch
+    from lightning.pytorch import Callback
+
+    class Snapshots(Callback):
+        def __init__(self):
+            self.states = {}
+
+        def on_validation_end(self, trainer, pl_module):
+            state = pl_module.module.state_dict()
+            self.states[trainer.current_epoch + 1] = {k: v.clone() for k, v in state.items()}
+
+    adata = synthetic_rna(n_obs=1000, n_vars=30, rng=1)
+    PoissonVAE.setup_anndata(adata, batch_key="batch")
+    model = PoissonVAE(adata, n_latent=4)
+    snapshots = Snapshots()
+    model.train(
+        max_epochs=200,
+        n_epochs_kl_warmup=5,
+        early_stopping_patience=1,
+        early_stopping_min_delta=1e6,
+        seed=0,
+        callbacks=[snapshots],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    final = model.module.state_dict()
+    best, last = snapshots.states[6], snapshots.states[7]
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    assert not all(torch.equal(final[k], last[k]) for k in final)
+    assert "parameters of that epoch are kept" in model.training_report["stop"]["message"]
 
 
 def test_early_stopping_is_off_below_1000_cells_and_with_train_size_1(adata):

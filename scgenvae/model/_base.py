@@ -791,6 +791,8 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 },
                 **trainer_kwargs,
             )
+        if stopper is not None:
+            stopper.restore_best(self.module)
         self.module.eval()
         self._check_fit(max_epochs=max_epochs, stopper=stopper, progress=trainer_kwargs)
 

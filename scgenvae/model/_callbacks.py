@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 
@@ -13,7 +14,9 @@ class WarmupEarlyStopping(EarlyStopping):
     During the warm-up the objective is not the ELBO (the KL term is scaled down), so the
     validation ELBO may rise while the fit improves; epochs before ``warmup_epochs`` are
     neither checked nor counted towards ``patience``. Records the best epoch, for the line that
-    says why training stopped.
+    says why training stopped, and a copy of the module's parameters at that epoch, which
+    :meth:`restore_best` puts back: the model returned is the one the held-out cells chose,
+    not the one ``patience`` epochs of overfitting later.
     """
 
     def __init__(self, *, warmup_epochs: int = 0, **kwargs) -> None:
@@ -21,6 +24,7 @@ class WarmupEarlyStopping(EarlyStopping):
         super().__init__(**kwargs)
         self.warmup_epochs = int(warmup_epochs)
         self.best_epoch: int | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
 
     def _run_early_stopping_check(self, trainer) -> None:
         if trainer.current_epoch < self.warmup_epochs:
@@ -29,6 +33,17 @@ class WarmupEarlyStopping(EarlyStopping):
         super()._run_early_stopping_check(trainer)
         if float(self.best_score) != before:
             self.best_epoch = trainer.current_epoch
+            module = trainer.lightning_module.module
+            self._best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()
+            }
+
+    def restore_best(self, module: torch.nn.Module) -> bool:
+        """Load the parameters of the best epoch into ``module``; whether there were any."""
+        if self._best_state is None:
+            return False
+        module.load_state_dict(self._best_state)
+        return True
 
     def summary(self) -> dict[str, Any]:
         """What the report needs: whether it stopped, the patience and the best epoch's ELBO."""
@@ -39,4 +54,5 @@ class WarmupEarlyStopping(EarlyStopping):
             "best": float(self.best_score),
             "best_epoch": None if self.best_epoch is None else self.best_epoch + 1,
             "warmup_epochs": self.warmup_epochs,
+            "restored_best": self._best_state is not None,
         }

@@ -224,9 +224,14 @@ def stop_message(
         return (
             f"training stopped early at epoch {epochs_run} of at most {max_epochs}: the "
             f"validation ELBO had not improved for {early_stopping['patience']} epochs (best "
-            f"{early_stopping['best']:.6g} at epoch {early_stopping['best_epoch']})."
+            f"{early_stopping['best']:.6g} at epoch {early_stopping['best_epoch']}); the "
+            "parameters of that epoch are kept."
         )
-    return f"training ran its {epochs_run} of {max_epochs} epochs (max_epochs reached)."
+    line = f"training ran its {epochs_run} of {max_epochs} epochs (max_epochs reached)."
+    best = (early_stopping or {}).get("best_epoch")
+    if early_stopping and early_stopping.get("restored_best") and best != epochs_run:
+        line += f" The parameters of epoch {best}, the best validation ELBO, are kept."
+    return line
 
 
 __all__ = [
