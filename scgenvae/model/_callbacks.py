@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from lightning.pytorch.callbacks import EarlyStopping
+
+if TYPE_CHECKING:
+    import torch
 
 
 class WarmupEarlyStopping(EarlyStopping):
