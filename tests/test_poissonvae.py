@@ -225,10 +225,14 @@ def test_recovers_synthetic_groups(adata, quiet):
 
 
 def test_cellbench_cell_lines_and_protocol_mixing(quiet):
-    """Real data: 3 cell lines x 2 protocols, batch = protocol.
+    """Real data: 3 cell lines x 2 protocols, batch = protocol, default training.
 
-    Reached here (seed 0, 400 epochs): k-means ARI 0.96 against cell line; 37% of each cell's
-    15 nearest neighbours come from the other protocol (50% would be perfect mixing, 0% none).
+    Measured (benchmarks/RESULTS_defaults.md, seeds 0-2): k-means ARI against cell line
+    0.951-0.964, protocol mixing (fraction of a cell's 15 nearest neighbours from the other
+    protocol; 0.5 is perfect) 0.376-0.380. Baselines that must fail: PCA of log-normalised
+    counts (ARI 0.934, mixing 0.036), the same model after 1 epoch (0.938, 0.21) or 20 epochs
+    (0.940, 0.015). Bars: ARI above PCA's and >= 0.945, mixing >= 0.33 (the lowest seed minus
+    a margin of 10 times the seed spread).
     """
     adata = scgenvae.datasets.cellbench()
     with warnings.catch_warnings():
@@ -236,15 +240,24 @@ def test_cellbench_cell_lines_and_protocol_mixing(quiet):
         sc.pp.highly_variable_genes(
             adata, n_top_genes=2000, flavor="seurat_v3", batch_key="protocol", subset=True
         )
+    pca = adata.copy()
+    sc.pp.normalize_total(pca, target_sum=1e4)
+    sc.pp.log1p(pca)
+    sc.pp.pca(pca, n_comps=10, random_state=0)
     PoissonVAE.setup_anndata(adata, batch_key="protocol")
     model = PoissonVAE(adata, n_latent=10)
     model.train(seed=0, **quiet)
-    z = model.get_latent_representation()
-    ari = adjusted_rand_score(
-        adata.obs["cell_line"], KMeans(3, n_init=10, random_state=0).fit_predict(z)
-    )
-    assert ari >= 0.9
-    idx = NearestNeighbors(n_neighbors=16).fit(z).kneighbors(z, return_distance=False)[:, 1:]
     protocol = adata.obs["protocol"].to_numpy()
-    other = (protocol[idx] != protocol[:, None]).mean()
-    assert other >= 0.25  # without batch correction this is near 0
+
+    def scores(z):
+        labels = KMeans(3, n_init=10, random_state=0).fit_predict(z)
+        idx = NearestNeighbors(n_neighbors=16).fit(z).kneighbors(z, return_distance=False)
+        mixing = (protocol[idx[:, 1:]] != protocol[:, None]).mean()
+        return adjusted_rand_score(adata.obs["cell_line"], labels), mixing
+
+    ari, mixing = scores(model.get_latent_representation())
+    ari_pca, mixing_pca = scores(pca.obsm["X_pca"])
+    assert ari > ari_pca
+    assert ari >= 0.945
+    assert mixing >= 0.33
+    assert mixing_pca < 0.1  # the protocols do separate without correction
