@@ -12,6 +12,7 @@ from scipy import sparse
 from scgenvae.model import MultiVAE, PoissonVAE
 from scgenvae.model import _data as data_mod
 from scgenvae.model import _validate as validate_mod
+from scgenvae.model._health import N_CHECK_CELLS
 from scgenvae.model._data import BlockMinibatchIterable, RowSource
 
 
@@ -138,7 +139,8 @@ def test_streaming_never_reads_the_whole_matrix(backed, quiet, monkeypatch):
     model.train(max_epochs=2, seed=0, block_size=48, **quiet)
     assert sizes
     assert max(sizes) <= 48
-    assert sum(sizes) == 2 * backed.n_obs  # each block once per epoch
+    # each block once per epoch, then the health check's sample of cells (all 200 here)
+    assert sum(sizes) == 2 * backed.n_obs + min(backed.n_obs, N_CHECK_CELLS)
     sizes.clear()
     model.get_latent_representation()
     assert sizes == [40] * 5
