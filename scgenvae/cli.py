@@ -105,7 +105,7 @@ def _fit(args: argparse.Namespace) -> int:
     if not args.quiet:
         from scgenvae.model._health import format_report
 
-        print(format_report(model.training_report))
+        print(format_report(model.training_report, include_stop=False))
     model.export_latent(data, key_added=args.key_added)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def test_fit_prints_the_training_report(tmp_path, capsys):
     argv = ["fit", str(src), "-o", str(out), "--batch-key", "batch", "--max-epochs", "3"]
     assert cli.main([*argv, "--n-latent", "3"]) == 0
     text = capsys.readouterr().out
-    assert "training ran its 3 of 3 epochs (max_epochs reached)." in text
+    assert text.count("training ran its 3 of 3 epochs (max_epochs reached).") == 1
     assert "active latent dimensions:" in text
     assert "of 3 (variance of the posterior mean" in text
     assert "training loss" in text

@@ -60,6 +60,7 @@ def _a549_scores(*, seed: int, max_epochs: int | None) -> tuple[dict, dict, np.n
     kwargs = {} if max_epochs is None else {"max_epochs": max_epochs}
     model.train(seed=seed, enable_progress_bar=False, enable_model_summary=False, **kwargs)
     scores = a549_quality.evaluate(model, m_test, mdata)
+    print(f"A549 seed {seed}, max_epochs {max_epochs}: {scores}")
     freq = np.asarray((m_train.mod["atac"].X > 0).mean(0)).ravel()
     base, _ = metrics.auroc_auprc(
         m_test.mod["atac"].X, np.broadcast_to(freq, m_test.mod["atac"].shape)

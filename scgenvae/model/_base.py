@@ -468,6 +468,8 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
     #: (the module's first layers and likelihoods work on the non-zeros); others are dense
     _sparse_keys: ClassVar[frozenset[str]] = frozenset({REGISTRY_KEYS.X_KEY})
     _setup_method: ClassVar[str] = "setup_anndata"
+    #: longest default KL warm-up, in epochs (``train(n_epochs_kl_warmup=None)``)
+    _kl_warmup_cap: ClassVar[int] = 100
 
     # subclasses implement ------------------------------------------------------------
     def _build_internal(self, data, args: dict) -> AnnData:  # pragma: no cover - abstract
@@ -665,7 +667,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             Seed for torch/Lightning; ``None`` uses ``scgenvae.settings.seed``.
         n_epochs_kl_warmup
             Epochs over which the KL weight rises from 0 to 1 (default: a quarter of the
-            epochs, at most 100).
+            epochs, at most 100 for PoissonVAE and 50 for MultiVAE).
         lr
             Adam learning rate.
         plan_kwargs
@@ -712,7 +714,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs.setdefault("seed", seed)
         plan_kwargs.setdefault("model_class", type(self).__name__)
         if n_epochs_kl_warmup is None:
-            n_epochs_kl_warmup = min(100, max(1, max_epochs // 4))
+            n_epochs_kl_warmup = min(self._kl_warmup_cap, max(1, max_epochs // 4))
         plan_kwargs.setdefault("n_epochs_kl_warmup", n_epochs_kl_warmup)
         plan_kwargs.setdefault("cluster_init_epoch", max(1, min(50, max_epochs // 5)))
         plan_kwargs.setdefault(

@@ -190,9 +190,13 @@ def warn_problems(report: dict[str, Any], *, stacklevel: int = 3) -> None:
         warnings.warn(f"training check: {problem}", TrainingHealthWarning, stacklevel=stacklevel)
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """The report as a few plain lines (``scgenvae fit`` prints them)."""
-    lines = [report["stop"]["message"]] if "stop" in report else []
+def format_report(report: dict[str, Any], *, include_stop: bool = True) -> str:
+    """The report as a few plain lines (``scgenvae fit`` prints them).
+
+    ``include_stop=False`` leaves out the line on why training stopped (``train`` has printed
+    it under its progress bar).
+    """
+    lines = [report["stop"]["message"]] if include_stop and "stop" in report else []
     first, last = report.get("train_loss_first"), report.get("train_loss_last")
     if first is not None and last is not None:
         lines.append(

@@ -173,6 +173,11 @@ class MultiVAE(BaseScgenvaeModel):
     """
 
     _setup_method = "setup_mudata"
+    # MULTIVI's default too. With early stopping, which counts from the end of the warm-up, a
+    # 100-epoch warm-up kept A549 training to epochs 132-136, past the point where expression
+    # predicted from ATAC starts to overfit (held-out Spearman 0.063-0.068 against 0.070-0.072
+    # with 50; FOSCTTM and AUROC alike; benchmarks/RESULTS_defaults.md)
+    _kl_warmup_cap = 50
     _sparse_keys = frozenset({REGISTRY_KEYS.X_KEY, REGISTRY_KEYS.ATAC_KEY})
 
     def __init__(
