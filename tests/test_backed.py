@@ -12,8 +12,8 @@ from scipy import sparse
 from scgenvae.model import MultiVAE, PoissonVAE
 from scgenvae.model import _data as data_mod
 from scgenvae.model import _validate as validate_mod
-from scgenvae.model._health import N_CHECK_CELLS
 from scgenvae.model._data import BlockMinibatchIterable, RowSource
+from scgenvae.model._health import N_CHECK_CELLS
 
 
 @pytest.fixture
