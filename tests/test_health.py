@@ -155,12 +155,12 @@ def test_report_survives_save_and_load(adata, tmp_path):
 
 
 # ------------------------------------------------------------------ default early stopping
-def test_early_stopping_is_on_by_default_from_1000_cells_and_says_why(capsys):
+def _stop_right_after_warmup(**kwargs) -> PoissonVAE:
+    """1,000 cells (early stopping on by default); any epoch after the 5-epoch warm-up but the
+    first fails to improve by 10^6, so training stops at epoch 7 with epoch 6 the best."""
     adata = synthetic_rna(n_obs=1000, n_vars=30, rng=1)
     PoissonVAE.setup_anndata(adata, batch_key="batch")
     model = PoissonVAE(adata, n_latent=4)
-    # a patience of 1 epoch stops soon after the warm-up (5 epochs); the line is printed
-    # with the progress bar
     model.train(
         max_epochs=200,
         n_epochs_kl_warmup=5,
@@ -168,7 +168,13 @@ def test_early_stopping_is_on_by_default_from_1000_cells_and_says_why(capsys):
         early_stopping_min_delta=1e6,
         seed=0,
         enable_model_summary=False,
+        **kwargs,
     )
+    return model
+
+
+def test_early_stopping_is_on_by_default_from_1000_cells_and_says_why(capsys):
+    model = _stop_right_after_warmup()  # with the progress bar, which prints the line
     stop = model.training_report["stop"]
     assert stop["early_stopping"]["stopped"] is True
     assert stop["early_stopping"]["best_epoch"] == 6
@@ -190,20 +196,8 @@ def test_early_stopping_keeps_the_parameters_of_the_best_epoch():
             state = pl_module.module.state_dict()
             self.states[trainer.current_epoch + 1] = {k: v.clone() for k, v in state.items()}
 
-    adata = synthetic_rna(n_obs=1000, n_vars=30, rng=1)
-    PoissonVAE.setup_anndata(adata, batch_key="batch")
-    model = PoissonVAE(adata, n_latent=4)
     snapshots = Snapshots()
-    model.train(
-        max_epochs=200,
-        n_epochs_kl_warmup=5,
-        early_stopping_patience=1,
-        early_stopping_min_delta=1e6,
-        seed=0,
-        callbacks=[snapshots],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    model = _stop_right_after_warmup(callbacks=[snapshots], enable_progress_bar=False)
     final = model.module.state_dict()
     best, last = snapshots.states[6], snapshots.states[7]
     assert all(torch.equal(final[k], best[k]) for k in final)
