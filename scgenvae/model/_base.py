@@ -828,11 +828,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 "`early_stopping=False` and choose `max_epochs`."
             )
             raise ValueError(msg)
-        if (
-            train_size is not None
-            and train_size >= 1.0
-            and not trainer_kwargs.get("validation_size")
-        ):
+        if train_size is not None and train_size >= 1.0:
             msg = "`early_stopping=True` needs validation cells: pass `train_size` below 1."
             raise ValueError(msg)
         stopper = WarmupEarlyStopping(
