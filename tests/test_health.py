@@ -95,7 +95,7 @@ def test_mispaired_modalities_are_reported():
     """ATAC rows shuffled across cells: no latent can tie a new cell's RNA to its ATAC.
 
     Measured on the validation cells (1,000 cells: default early stopping holds 10% out);
-    FOSCTTM 0.51 here, 0.39 on the training cells, whose wrong pairs the model learnt; 0.15
+    FOSCTTM 0.50 here, 0.39 on the training cells, whose wrong pairs the model learnt; 0.15
     with the true pairing.
     """
     mdata = synthetic_multiome(n_obs=1000, n_genes=50, n_peaks=100, rng=0)

@@ -796,7 +796,11 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         if stopper is not None:
             stopper.restore_best(self.module)
         self.module.eval()
-        self._check_fit(max_epochs=max_epochs, stopper=stopper, progress=trainer_kwargs)
+        self._check_fit(
+            max_epochs=max_epochs,
+            stopper=stopper,
+            print_line=trainer_kwargs.get("enable_progress_bar", True),
+        )
 
     def _early_stopping(
         self,
@@ -853,12 +857,13 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             observed &= self._row_totals(self.adata, spec.registry_key) > 0
         validation = getattr(self, "validation_indices", None)
         if validation is not None and len(validation):
-            held_out = np.sort(np.asarray(validation)[observed[np.asarray(validation)]])
+            validation = np.asarray(validation)
+            held_out = np.sort(validation[observed[validation]])
             if held_out.size >= 50:
                 return held_out, "validation"
         return np.flatnonzero(observed), "training"
 
-    def _check_fit(self, *, max_epochs: int, stopper, progress: dict) -> None:
+    def _check_fit(self, *, max_epochs: int, stopper, print_line: bool) -> None:
         """Fill :attr:`training_report`, say why training stopped, warn about failures."""
         epochs_run = int(getattr(self.trainer, "current_epoch", max_epochs) or 0)
         summary = stopper.summary() if stopper is not None else None
@@ -882,7 +887,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         }
         self.training_report = report
         logger.info(line)
-        if progress.get("enable_progress_bar", True):
+        if print_line:
             print(line)  # the one line that closes the progress bar
         warn_problems(report, stacklevel=4)
 
