@@ -674,18 +674,18 @@ CASES = [
         _rna,
         lambda a, c: PoissonVAE.load(c.tmp_path / "nope", a),
         FileNotFoundError,
-        r"no saved model at .*model\.pt; pass the folder given to `model\.save",
+        r"no saved model in .*nope; pass the folder given to `model\.save",
     ),
     Case(
         "load-corrupt-file",
         _rna,
         lambda a, c: (
             (c.tmp_path / "m").mkdir(),
-            (c.tmp_path / "m" / "model.pt").write_bytes(b"oops"),
+            (c.tmp_path / "m" / "model.json").write_bytes(b"oops"),
             PoissonVAE.load(c.tmp_path / "m", a),
         ),
         ValueError,
-        r"model\.pt is not a readable scgenvae model file",
+        r"model\.json is not a readable scgenvae model file",
     ),
     Case(
         "load-onto-different-genes",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -155,7 +156,8 @@ def test_save_is_atomic(adata, quiet, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         model.save(tmp_path, overwrite=True)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary left
+    # no temporary left, and the old pair of files still belongs together
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pt"]
     fresh = adata.copy()
     loaded = PoissonVAE.load(tmp_path, fresh)
     np.testing.assert_array_equal(loaded.get_latent_representation(fresh), z_before)
@@ -165,15 +167,16 @@ def test_load_refuses_other_format_versions(adata, quiet, tmp_path):
     model = _model(adata)
     model.train(max_epochs=1, seed=0, **quiet)
     model.save(tmp_path)
-    payload = torch.load(tmp_path / "model.pt", weights_only=False)
-    payload["format_version"] = 99
-    torch.save(payload, tmp_path / "model.pt")
+    meta_file = tmp_path / "model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["format_version"] = 99
+    meta_file.write_text(json.dumps(meta))
     with pytest.raises(
-        ValueError, match=r"format version 99.*reads version 1.*scgenvae that saved"
+        ValueError, match=r"format version 99.*reads version 2.*scgenvae that saved"
     ):
         PoissonVAE.load(tmp_path, adata.copy())
-    (tmp_path / "model.pt").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="not a readable scgenvae model file"):
+    meta_file.write_text("garbage")
+    with pytest.raises(ValueError, match=r"model\.json is not a readable scgenvae model file"):
         PoissonVAE.load(tmp_path, adata.copy())
 
 
@@ -214,7 +217,7 @@ def test_epoch_metrics_equal_scvi_tools_per_step_logging(mdata, quiet):
     from scvi.train import TrainingPlan
 
     from scgenvae.model import MultiVAE
-    from scgenvae.model._base import ScgenvaeTrainingPlan
+    from scgenvae.model._plan import ScgenvaeTrainingPlan
 
     class PerStepLogging(ScgenvaeTrainingPlan):
         def training_step(self, batch, batch_idx):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from ._base import BaseScgenvaeModel, ScgenvaeTrainingPlan
+from ._base import BaseScgenvaeModel
 from ._health import TrainingHealthWarning
+from ._io import convert_legacy as convert_legacy_model
 from ._multivae import MultiVAE
+from ._plan import ScgenvaeTrainingPlan
 from ._poissonvae import PoissonVAE
 
 __all__ = [
@@ -13,4 +15,5 @@ __all__ = [
     "PoissonVAE",
     "ScgenvaeTrainingPlan",
     "TrainingHealthWarning",
+    "convert_legacy_model",
 ]

@@ -10,20 +10,17 @@ the user's object.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import tempfile
 import warnings
 import weakref
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch import Callback
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
     CategoricalJointObsField,
@@ -31,8 +28,8 @@ from scvi.data.fields import (
     NumericalJointObsField,
 )
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
-from scvi.train import TrainingPlan
 
+from scgenvae._allocator import reuse_freed_memory
 from scgenvae._constants import (
     DEFAULT_CLUSTER_KEY,
     DEFAULT_CLUSTER_PROBS_KEY,
@@ -44,6 +41,7 @@ from scgenvae._settings import settings
 from scgenvae.distributions import FactorisedBernoulli
 
 from ._callbacks import WarmupEarlyStopping
+from ._checkpoint import resume_from
 from ._data import (
     DEFAULT_BLOCK_SIZE,
     STREAMS,
@@ -55,9 +53,21 @@ from ._data import (
     registry_arrays,
 )
 from ._health import health_report, stop_message, warn_problems
+from ._io import (
+    META_FILE,
+    MODEL_FILE,
+    convert_legacy,
+    history_from_json,
+    history_to_json,
+    read_meta,
+    read_model,
+    write_model,
+)
+from ._plan import ScgenvaeTrainingPlan
 from ._validate import check_known_categories, check_trainable
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Iterator, Sequence
 
     from anndata import AnnData
@@ -65,354 +75,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_FORMAT_VERSION = 1
-_MODEL_FILE = "model.pt"
-#: file of the training checkpoint in ``train(checkpoint_dir=...)``
-_CHECKPOINT_FILE = "last.ckpt"
-#: our entry in a Lightning checkpoint
-_CKPT_KEY = "scgenvae"
 #: Lightning's DDP strategy names that have a ``*_find_unused_parameters_true`` variant
 _DDP_ALIASES = frozenset({"ddp", "ddp_fork", "ddp_notebook"})
 #: ``train(early_stopping=None)`` holds out validation cells and stops early from this many cells
 EARLY_STOPPING_MIN_CELLS = 1000
 #: epochs without improvement of the validation ELBO (after the KL warm-up) before stopping
 EARLY_STOPPING_PATIENCE = 30
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """Seed of torch's global generator for one epoch of one process."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)[0])
-
-
-def _plain_history(history: dict | None) -> dict:
-    """Logged history as plain lists (a checkpoint loads without unpickling pandas)."""
-    out = {}
-    for key, frame in (history or {}).items():
-        out[key] = {
-            "index": [int(i) for i in frame.index],
-            "index_name": frame.index.name,
-            "values": [float(v) for v in frame.iloc[:, 0]],
-        }
-    return out
-
-
-def _history_frames(history: dict) -> dict[str, pd.DataFrame]:
-    out = {}
-    for key, rec in history.items():
-        frame = pd.DataFrame({key: rec["values"]}, index=rec["index"], dtype=object)
-        frame.index.name = rec["index_name"]
-        out[key] = frame
-    return out
-
-
-def _non_finite_terms(losses) -> list[str]:
-    """Names of the non-finite terms of a :class:`scvi.module.base.LossOutput`."""
-    if losses is None:
-        return []
-    out = []
-    # not kl_global: scvi-tools fills it with ``0 * loss``, non-finite along with any term
-    groups = {
-        "reconstruction of": losses.reconstruction_loss,
-        "KL term": losses.kl_local,
-        "term": losses.extra_metrics,
-    }
-    for label, terms in groups.items():
-        for name, value in (terms or {}).items():
-            if isinstance(value, torch.Tensor) and not torch.isfinite(value).all():
-                out.append(f"{label} {name!r}")
-    return out
-
-
-class _EpochCheckpoint(Callback):
-    """Save ``dir_path/last.ckpt`` every ``every`` epochs and after the last, atomically.
-
-    Written at the end of an epoch, where Lightning's own ``ModelCheckpoint`` writes (a state
-    Lightning resumes from exactly). The logged history goes with it, including the values of
-    the epoch just finished, which Lightning hands to the logger only after this hook.
-    """
-
-    def __init__(self, dir_path: Path, *, every: int) -> None:
-        super().__init__()
-        self.dir_path = Path(dir_path)
-        self.every = int(every)
-        self._pending: dict[str, float] = {}
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        done = trainer.current_epoch + 1
-        if done % self.every and done < (trainer.max_epochs or 0):
-            return
-        target = self.dir_path / _CHECKPOINT_FILE
-        tmp = self.dir_path / f".{_CHECKPOINT_FILE}.tmp"
-        self._pending = _pending_epoch_log(trainer)
-        try:
-            trainer.save_checkpoint(tmp)  # every process calls it; rank 0 writes
-        finally:
-            self._pending = {}
-        if trainer.is_global_zero:
-            tmp.replace(target)
-        trainer.strategy.barrier("scgenvae_checkpoint")
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        logged = getattr(trainer.logger, "history", None)  # not a dict on ranks other than 0
-        history = {k: v.copy() for k, v in logged.items()} if isinstance(logged, dict) else {}
-        for key, value in self._pending.items():
-            if key not in history:
-                history[key] = pd.DataFrame(columns=[key])
-                history[key].index.name = "epoch"
-            history[key].loc[trainer.current_epoch, key] = value
-        checkpoint.setdefault(_CKPT_KEY, {})["history"] = _plain_history(history)
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        history = checkpoint.get(_CKPT_KEY, {}).get("history")
-        experiment = getattr(trainer.logger, "experiment", None)
-        if history and isinstance(getattr(experiment, "data", None), dict):
-            experiment.data.update(_history_frames(history))
-
-
-def _pending_epoch_log(trainer) -> dict[str, float]:
-    """Epoch-level metrics that Lightning hands to the logger after the epoch-end hooks.
-
-    Read from Lightning's logger connector (not public API); empty if that ever moves, which
-    only leaves the checkpointed epoch out of a resumed run's history.
-    """
-    connector = getattr(trainer, "_logger_connector", None)
-    try:
-        logged = connector.metrics["log"]
-    except (AttributeError, AssertionError, KeyError, TypeError):  # Lightning internals moved
-        return {}
-    return {k: float(v) for k, v in logged.items() if k not in ("epoch", "step")}
-
-
-def _check_checkpoint(path: Path, dir_path: Path, module: torch.nn.Module, model_name: str):
-    """Raise a clear error when ``path`` was written by another kind of model."""
-    fix = f"Pass another `checkpoint_dir` or delete {dir_path} to start afresh."
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        msg = f"`checkpoint_dir={str(dir_path)!r}` holds an unreadable checkpoint ({err}). {fix}"
-        raise ValueError(msg) from err
-    meta = ckpt.get(_CKPT_KEY) if isinstance(ckpt, dict) else None
-    if meta is None or meta.get("model_class") != model_name:
-        got = None if meta is None else meta.get("model_class")
-        msg = (
-            f"`checkpoint_dir={str(dir_path)!r}` holds a checkpoint of "
-            f"{got or 'something other than scgenvae'}, not of a {model_name}. {fix}"
-        )
-        raise ValueError(msg)
-    expected = {f"module.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
-    saved = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
-    if saved != expected:
-        diff = sorted(k for k in expected.keys() | saved.keys() if expected.get(k) != saved.get(k))
-        detail = ", ".join(
-            f"{k.removeprefix('module.')}: saved {saved.get(k)}, model {expected.get(k)}"
-            for k in diff[:3]
-        )
-        msg = (
-            f"`checkpoint_dir={str(dir_path)!r}` holds a checkpoint of a {model_name} with other "
-            f"dimensions (architecture or data differ: {detail}). {fix}"
-        )
-        raise ValueError(msg)
-    return meta
-
-
-class ScgenvaeTrainingPlan(TrainingPlan):
-    """scvi-tools' training plan plus a Gumbel-Softmax temperature schedule.
-
-    The temperature reaches the module through the ``tau`` keyword of ``loss``, the same way
-    scvi-tools passes ``kl_weight``; the module's state is never changed from outside.
-
-    Parameters
-    ----------
-    module
-        The module to train.
-    tau_start, tau_min
-        Temperature at the first epoch and its floor.
-    n_epochs_tau_anneal
-        Epochs over which ``tau`` decays geometrically from ``tau_start`` to ``tau_min``.
-    cluster_init_epoch
-        With a discrete latent: epochs of plain-VAE warm-up before the mixture components are
-        placed on k-means clusters of the posterior means (the tau schedule starts then).
-    model_class
-        Name of the model class, recorded in checkpoints.
-    seed
-        Seed torch (and Lightning) right before the first epoch, and torch's global generator
-        (reparameterisation, dropout) again at the start of every epoch from
-        ``(seed, epoch, rank)``: an epoch's randomness does not depend on the epochs before it,
-        so a run resumed from a checkpoint repeats an uninterrupted one exactly.
-    **kwargs
-        Passed to :class:`scvi.train.TrainingPlan`.
-    """
-
-    def __init__(
-        self,
-        module,
-        *,
-        tau_start: float = 1.0,
-        tau_min: float = 0.3,
-        n_epochs_tau_anneal: int | None = 100,
-        cluster_init_epoch: int = 10,
-        seed: int | None = None,
-        model_class: str | None = None,
-        **kwargs,
-    ):
-        super().__init__(module, **kwargs)
-        self.seed = seed
-        self.model_class = model_class
-        self.cluster_init_epoch = cluster_init_epoch
-        self.tau_start = tau_start
-        self.tau_min = tau_min
-        self.n_epochs_tau_anneal = n_epochs_tau_anneal
-        if getattr(module.prior, "n_clusters", None):
-            self.loss_kwargs["tau"] = tau_start
-
-    def on_fit_start(self) -> None:
-        """Seed just before the first epoch (after Lightning's own set-up)."""
-        if self.seed is not None:
-            from lightning.pytorch import seed_everything
-
-            seed_everything(self.seed, verbose=False)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Record the model class and seed, checked before resuming."""
-        checkpoint.setdefault(_CKPT_KEY, {}).update(
-            format_version=_FORMAT_VERSION, seed=self.seed, model_class=self.model_class
-        )
-
-    def _maybe_initialise_prior(self) -> None:
-        prior = self.module.prior
-        if (
-            getattr(prior, "n_clusters", None)
-            and not bool(prior.initialised)
-            and self.current_epoch >= self.cluster_init_epoch
-        ):
-            was_training = self.module.training
-            self.module.eval()
-            datamodule = self.trainer.datamodule
-            # every training cell, not this process's shard only (distributed training)
-            loader = getattr(datamodule, "all_train_cells", datamodule.train_dataloader)()
-            means = []
-            with torch.no_grad():
-                for batch in loader:
-                    batch = {k: v.to(self.device) for k, v in batch.items()}
-                    out = self.module.inference(**self.module._get_inference_input(batch))
-                    means.append(out[MODULE_KEYS.QZ_KEY].loc)
-            prior.initialise(torch.cat(means), seed=self.seed or 0)
-            if self.trainer.world_size > 1:  # same prior on every process: rank 0's
-                state = self.trainer.strategy.broadcast(
-                    {k: v.cpu() for k, v in prior.state_dict().items()}, src=0
-                )
-                prior.load_state_dict(state)
-            self.module.train(was_training)
-
-    @property
-    def tau(self) -> float:
-        """Current Gumbel-Softmax temperature."""
-        if not self.n_epochs_tau_anneal:
-            return self.tau_min
-        epoch = max(0, self.current_epoch - self.cluster_init_epoch)
-        frac = min(1.0, epoch / self.n_epochs_tau_anneal)
-        return float(self.tau_start * (self.tau_min / self.tau_start) ** frac)
-
-    def on_train_epoch_start(self) -> None:
-        """Seed this epoch, reset its metric sums; initialise the mixture prior after warm-up."""
-        self._epoch_sums: dict[str, torch.Tensor] = {}
-        self._epoch_logged = False
-        if self.seed is not None:
-            torch.manual_seed(_epoch_seed(self.seed, self.current_epoch, self.global_rank))
-        self._maybe_initialise_prior()
-
-    def training_step(self, batch, batch_idx):
-        """One step as scvi-tools' training plan, with the metrics logged once per epoch.
-
-        scvi-tools logs every metric at every step and Lightning reduces them at the end of the
-        epoch; those calls took ~9% of a batch-128 MultiVAE step (py-spy), so here the same sums are
-        accumulated as tensors and logged once, at the epoch's last step, under the same names
-        and with the same values (``elbo_train``, ``train_loss``, extra metrics such as
-        ``kl_align_train`` and ``tau_train``, and ``kl_weight``).
-        """
-        if "tau" in self.loss_kwargs:
-            self.loss_kwargs["tau"] = self.tau
-        if "kl_weight" in self.loss_kwargs:
-            self.loss_kwargs["kl_weight"] = self.kl_weight
-        _, _, losses = self.forward(batch, loss_kwargs=self.loss_kwargs)
-        loss = losses.loss
-        if not torch.isfinite(loss):
-            terms = _non_finite_terms(losses)
-            which = ", ".join(terms) if terms else "the total loss"
-            msg = (
-                f"training loss became {float(loss.detach())} at epoch {self.current_epoch}, step "
-                f"{batch_idx}: non-finite {which}. Check the input for extreme values, lower the "
-                "learning rate (`lr=1e-4`) or the batch size; for a KL term, a longer KL warm-up "
-                "(`n_epochs_kl_warmup`) can help."
-            )
-            raise FloatingPointError(msg)
-        self._accumulate(losses)
-        if batch_idx + 1 >= self.trainer.num_training_batches:
-            self._log_epoch()
-        return loss
-
-    @torch.inference_mode()
-    def _accumulate(self, losses) -> None:
-        """Add a step's loss terms to the epoch's sums.
-
-        scvi-tools' ELBO metric objects are updated once per epoch from these sums
-        (:meth:`_log_epoch`): a torchmetrics update at every step cost more than the sums.
-        """
-        n = losses.n_obs_minibatch
-        sums = self._epoch_sums
-        for key, value in (
-            ("_reconstruction_loss", losses.reconstruction_loss_sum),
-            ("_kl_local", losses.kl_local_sum),
-            ("_kl_global", losses.kl_global_sum),
-        ):
-            value = torch.as_tensor(value).detach()
-            sums[key] = sums[key] + value if key in sums else value
-        sums["_n_steps"] = sums.get("_n_steps", 0) + 1
-        terms = {"train_loss": losses.loss.detach()}
-        for key, value in (losses.extra_metrics or {}).items():
-            if isinstance(value, torch.Tensor) and value.shape == torch.Size([]):
-                terms[f"{key}_train"] = value.detach()
-            elif isinstance(value, int | float):
-                terms[f"{key}_train"] = torch.as_tensor(float(value))
-        for key, value in terms.items():
-            sums[key] = sums[key] + value * n if key in sums else value * n
-        sums["_n_obs"] = sums.get("_n_obs", 0) + n
-
-    def _log_epoch(self) -> None:
-        """Log the epoch's metrics once (cell-weighted means, as Lightning's epoch reduction)."""
-        if self._epoch_logged or not self._epoch_sums:
-            return
-        self._epoch_logged = True
-        sums = dict(self._epoch_sums)
-        n_obs = sums.pop("_n_obs")
-        n_steps = sums.pop("_n_steps")
-        # one update with the epoch's sums gives the per-step updates' values: reconstruction
-        # and local KL are averaged over cells, the global KL over minibatches
-        self.elbo_train.update(
-            reconstruction_loss=sums.pop("_reconstruction_loss"),
-            kl_local=sums.pop("_kl_local"),
-            kl_global=sums.pop("_kl_global") / n_steps,
-            n_obs_minibatch=n_obs,
-        )
-        sync = self.use_sync_dist
-        if "kl_weight" in self.loss_kwargs:
-            self.log("kl_weight", self.loss_kwargs["kl_weight"], on_step=True, on_epoch=False)
-        for key, total in sums.items():
-            self.log(
-                key,
-                total / n_obs,
-                on_step=False,
-                on_epoch=True,
-                sync_dist=sync,
-                prog_bar=key == "train_loss",
-            )
-        self.log_dict(
-            self.train_metrics, on_step=False, on_epoch=True, batch_size=n_obs, sync_dist=sync
-        )
-
-    def on_train_epoch_end(self) -> None:
-        """Log the epoch's metrics if the last step did not (a loader of unknown length)."""
-        self._log_epoch()
 
 
 class _SetupStore:
@@ -699,18 +367,6 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             max_epochs = int(min(400, round(400 * 20000 / max(self.adata.n_obs, 1))))
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("lr", lr)
-        own_optimizer = "optimizer" not in plan_kwargs
-        if own_optimizer:
-            # scvi-tools' Adam settings, but fused: one vectorised pass over each parameter
-            # instead of a dozen elementwise kernels (17x faster on wide ATAC layers on CPU);
-            # priors on weights (MultiVAE's loading prior) become its weight decay
-            plan_kwargs["optimizer"] = "Custom"
-            plan_kwargs["optimizer_creator"] = partial(
-                _fused_adam,
-                lr=plan_kwargs["lr"],
-                extra_decay={id(p): c for p, c in self.module.loading_prior_decay()},
-            )
-        self.module.loading_prior_in_loss = not own_optimizer
         plan_kwargs.setdefault("seed", seed)
         plan_kwargs.setdefault("model_class", type(self).__name__)
         if n_epochs_kl_warmup is None:
@@ -735,28 +391,16 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             train_size = 1.0
         self._train_seed = seed
         if checkpoint_dir is not None:
-            if int(checkpoint_every) < 1:
-                msg = f"`checkpoint_every` must be a positive number of epochs, got {checkpoint_every}."
-                raise ValueError(msg)
-            checkpoint_dir = Path(checkpoint_dir)
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            last = checkpoint_dir / _CHECKPOINT_FILE
-            if last.exists():
-                meta = _check_checkpoint(last, checkpoint_dir, self.module, type(self).__name__)
-                if meta.get("seed") != seed:
-                    logger.warning(
-                        "resuming from %s, saved by a run with seed %s (this one: %s); the "
-                        "result will differ from an uninterrupted run.",
-                        last,
-                        meta.get("seed"),
-                        seed,
-                    )
-                logger.info("resuming training from %s", last)
-                trainer_kwargs["ckpt_path"] = str(last)
-            trainer_kwargs["callbacks"] = [
-                *trainer_kwargs.get("callbacks", []),
-                _EpochCheckpoint(checkpoint_dir, every=checkpoint_every),
-            ]
+            ckpt_path, writer = resume_from(
+                checkpoint_dir,
+                every=checkpoint_every,
+                module=self.module,
+                model_name=type(self).__name__,
+                seed=seed,
+            )
+            if ckpt_path is not None:
+                trainer_kwargs["ckpt_path"] = ckpt_path
+            trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), writer]
         strategy = trainer_kwargs.get("strategy")
         if isinstance(strategy, str) and strategy.startswith("ddp_spawn"):
             msg = (
@@ -772,7 +416,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         self.module.train()  # a trained model is left in eval mode; Lightning expects train mode
         with (
             _quiet_sparse_warnings(),
-            _reuse_freed_memory(enabled=settings.reuse_freed_memory),
+            reuse_freed_memory(enabled=settings.reuse_freed_memory),
             _distributed_log_dir(trainer_kwargs),
             warnings.catch_warnings(),
         ):
@@ -1159,7 +803,11 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
 
     # persistence --------------------------------------------------------------------
     def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:
-        """Save the model to ``dir_path/model.pt`` atomically (a crash leaves the old file).
+        """Save the model into the folder ``dir_path`` (``model.pt`` and ``model.json``).
+
+        ``model.pt`` holds the module's tensors only and ``model.json`` everything else, so a
+        model file never runs code when it is loaded (see the user guide's page on saving
+        models). Both files are written atomically.
 
         Parameters
         ----------
@@ -1168,41 +816,27 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         overwrite
             Replace an existing model in ``dir_path``.
         """
-        path = Path(dir_path)
-        target = path / _MODEL_FILE
-        if target.exists() and not overwrite:
-            msg = f"{target} exists; pass `overwrite=True` to replace it."
-            raise FileExistsError(msg)
-        path.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format_version": _FORMAT_VERSION,
+        meta = {
             "model_class": type(self).__name__,
-            "scgenvae_version": _version(),
             "init_params": self._init_kwargs,
             "module_kwargs": self._module_kwargs,
             "setup_args": self._setup_args,
             "registry": self.adata_manager._registry,
             "features": {m: list(v) for m, v in self._features.items()},
-            "state_dict": self.module.state_dict(),
-            "is_trained": self.is_trained_,
-            "history": {k: v.to_dict() for k, v in (self.history_ or {}).items()},
+            "is_trained": bool(self.is_trained_),
+            "history": history_to_json(self.history_),
             "training_report": self.training_report,
+            "train_seed": getattr(self, "_train_seed", None),
         }
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            Path(tmp).replace(target)
-        finally:
-            if Path(tmp).exists():
-                Path(tmp).unlink()
+        write_model(dir_path, meta=meta, state_dict=self.module.state_dict(), overwrite=overwrite)
 
     @classmethod
     def load(cls, dir_path: str | os.PathLike, data, *, accelerator: str = "cpu"):
         """Load a model saved with :meth:`save` and attach it to ``data``.
 
         ``data`` must have the training features; categories of batch and covariates are mapped
-        as in training. The user's object is not modified.
+        as in training. The user's object is not modified. Reading the files runs no code from
+        them; a folder saved by scgenvae 0.1 is refused with the way to convert it.
 
         Parameters
         ----------
@@ -1213,44 +847,81 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         accelerator
             ``"cpu"`` or ``"gpu"``: where to put the module.
         """
-        target = Path(dir_path) / _MODEL_FILE
-        if not target.exists():
-            msg = f"no saved model at {target}; pass the folder given to `model.save(...)`."
-            raise FileNotFoundError(msg)
-        try:
-            payload = torch.load(target, map_location="cpu", weights_only=False)
-        except Exception as err:
-            msg = f"{target} is not a readable scgenvae model file ({type(err).__name__}: {err})."
-            raise ValueError(msg) from err
-        if not isinstance(payload, dict) or payload.get("format_version") != _FORMAT_VERSION:
-            got = payload.get("format_version") if isinstance(payload, dict) else None
-            msg = (
-                f"{target} has model format version {got}, this scgenvae ({_version()}) reads "
-                f"version {_FORMAT_VERSION}; load it with the scgenvae that saved it."
-            )
+        meta, state = read_model(dir_path)
+        target = Path(dir_path) / META_FILE
+        if meta.get("model_class") != cls.__name__:
+            msg = f"{target} holds a {meta.get('model_class')}; load it with that class."
             raise ValueError(msg)
-        if payload["model_class"] != cls.__name__:
-            msg = f"{target} holds a {payload['model_class']}; load it with that class."
-            raise ValueError(msg)
-        getattr(cls, cls._setup_method)(data, **payload["setup_args"])
-        features = cls._feature_names(data, payload["setup_args"])
-        for m, names in payload["features"].items():
-            if list(features[m]) != names:
+        getattr(cls, cls._setup_method)(data, **meta["setup_args"])
+        features = cls._feature_names(data, meta["setup_args"])
+        for m, names in meta["features"].items():
+            if list(features[m]) != list(names):
                 msg = (
                     f"{m}: the saved model expects {len(names):,} features in the trained order, "
                     f"the data has {len(features[m]):,} (or other names/order); subset with "
                     "`data[:, names]`."
                 )
                 raise ValueError(msg)
-        _SETUP.put(data, cls.__name__, payload["setup_args"], payload["registry"])
-        model = cls(data, **payload["init_params"])
-        model.module.load_state_dict(payload["state_dict"])
+        _SETUP.put(data, cls.__name__, meta["setup_args"], meta["registry"])
+        model = cls(data, **meta["init_params"])
+        try:
+            model.module.load_state_dict(state)
+        except RuntimeError as err:
+            msg = f"{Path(dir_path) / MODEL_FILE} does not fit the saved architecture ({err})."
+            raise ValueError(msg) from err
         model.module.to("cuda" if accelerator == "gpu" else "cpu")
         model.module.eval()
-        model.is_trained_ = payload["is_trained"]
-        model.history_ = {k: pd.DataFrame(v) for k, v in payload["history"].items()}
-        model.training_report = payload.get("training_report")
+        model.is_trained_ = bool(meta["is_trained"])
+        model.history_ = history_from_json(meta.get("history") or {})
+        model.training_report = meta.get("training_report")
+        model._train_seed = meta.get("train_seed")
         return model
+
+    @classmethod
+    def load_registry(cls, dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
+        """The data registry of a saved model (as scvi-tools' ``load_registry``).
+
+        Parameters
+        ----------
+        dir_path
+            Folder given to :meth:`save`.
+        prefix
+            Not used by scgenvae's files; must be ``None``.
+        """
+        if prefix is not None:
+            msg = "`prefix` is not used by scgenvae model files; pass the folder only."
+            raise ValueError(msg)
+        return read_meta(dir_path)["registry"]
+
+    @classmethod
+    def convert_legacy_save(
+        cls,
+        dir_path: str | os.PathLike,
+        output_dir_path: str | os.PathLike,
+        overwrite: bool = False,  # noqa: FBT001, FBT002 - scvi-tools' signature
+        prefix: str | None = None,
+        *,
+        trust_file: bool = False,
+    ) -> None:
+        """Convert a model saved by scgenvae 0.1 (see :func:`scgenvae.model.convert_legacy_model`).
+
+        Parameters
+        ----------
+        dir_path
+            Folder of the old model.
+        output_dir_path
+            Folder to write the converted model to.
+        overwrite
+            Replace a model already in ``output_dir_path``.
+        prefix
+            Not used by scgenvae's files; must be ``None``.
+        trust_file
+            Must be ``True``: the old file is unpickled, which runs any code it holds.
+        """
+        if prefix is not None:
+            msg = "`prefix` is not used by scgenvae model files; pass the folder only."
+            raise ValueError(msg)
+        convert_legacy(dir_path, output_dir_path, trust_file=trust_file, overwrite=overwrite)
 
 
 def _category_keys(args: dict) -> dict[str, str | None]:
@@ -1294,26 +965,6 @@ def _restate_small_categories(
         )
 
 
-def _fused_adam(params, *, lr: float, extra_decay: dict[int, float] | None = None):
-    """Adam with scvi-tools' defaults (eps 0.01, weight decay 1e-6), fused where supported.
-
-    ``extra_decay`` maps ``id(parameter)`` to an L2 coefficient added to that parameter's
-    weight decay (a Gaussian prior on it, see ``MultiModalVAEModule.loading_prior_decay``).
-    """
-    params = [p for p in params if p.requires_grad]
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
-    extra_decay = extra_decay or {}
-    groups: dict[float, list] = {}
-    for p in params:
-        groups.setdefault(1e-6 + extra_decay.get(id(p), 0.0), []).append(p)
-    return torch.optim.Adam(
-        [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()],
-        lr=lr,
-        eps=0.01,
-        fused=fused,
-    )
-
-
 @contextmanager
 def _distributed_log_dir(trainer_kwargs: dict) -> Iterator[None]:
     """Give scvi-tools' logger a private folder for its history file under DDP.
@@ -1332,47 +983,6 @@ def _distributed_log_dir(trainer_kwargs: dict) -> Iterator[None]:
 
 
 # glibc mallopt parameters (malloc.h) and their documented defaults
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
-
-
-def _glibc():
-    """The C library through ctypes when it is glibc on Linux, else ``None``."""
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-@contextmanager
-def _reuse_freed_memory(*, enabled: bool = True) -> Iterator[None]:
-    """Serve large allocations from freed heap memory while the block runs (glibc only).
-
-    glibc hands out blocks above its mmap threshold (which grows to 32 MiB at most) as fresh
-    mappings and unmaps them when freed, so every training step faults in and zeroes its large
-    gradient buffers again. Inside the block mmap is not used and freed memory stays in the
-    heap for the next step; afterwards glibc's defaults are set back and free memory is
-    returned to the system. See ``scgenvae.settings.reuse_freed_memory``.
-    """
-    libc = _glibc() if enabled else None
-    if libc is None:
-        yield
-        return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2**30)
-    try:
-        yield
-    finally:
-        for param, value in _GLIBC_DEFAULTS.items():
-            libc.mallopt(param, value)
-        libc.malloc_trim(0)
-
-
 @contextmanager
 def _quiet_sparse_warnings() -> Iterator[None]:
     """Silence torch's 'sparse CSR is beta' notices, which say nothing actionable to users."""
@@ -1380,12 +990,6 @@ def _quiet_sparse_warnings() -> Iterator[None]:
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly")
         yield
-
-
-def _version() -> str:
-    from scgenvae import __version__
-
-    return __version__
 
 
 def _rows(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping
 
-if TYPE_CHECKING:
-    import torch
+from scgenvae._constants import MODULE_KEYS
 
 
 class WarmupEarlyStopping(EarlyStopping):
@@ -58,3 +59,48 @@ class WarmupEarlyStopping(EarlyStopping):
             "warmup_epochs": self.warmup_epochs,
             "restored_best": self._best_state is not None,
         }
+
+
+class ClusterInitialisation(Callback):
+    """Place a mixture prior's components on k-means clusters of the posterior means.
+
+    Runs once, before the first step of epoch ``start_epoch`` (after the plain-VAE warm-up),
+    on every training cell, not only this process's shard; under distributed training every
+    process then takes rank 0's components. The posterior means come from the module in eval
+    mode; it is put back in training mode afterwards.
+
+    Parameters
+    ----------
+    start_epoch
+        Epoch at whose start the components are placed.
+    seed
+        Seed of k-means.
+    """
+
+    def __init__(self, start_epoch: int, *, seed: int = 0) -> None:
+        super().__init__()
+        self.start_epoch = int(start_epoch)
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        prior = pl_module.module.prior
+        if batch_idx or bool(prior.initialised) or trainer.current_epoch < self.start_epoch:
+            return
+        module = pl_module.module
+        was_training = module.training
+        module.eval()
+        datamodule = trainer.datamodule
+        loader = getattr(datamodule, "all_train_cells", datamodule.train_dataloader)()
+        means = []
+        with torch.no_grad():
+            for cells in loader:
+                cells = {k: v.to(pl_module.device) for k, v in cells.items()}
+                out = module.inference(**module._get_inference_input(cells))
+                means.append(out[MODULE_KEYS.QZ_KEY].loc)
+        prior.initialise(torch.cat(means), seed=self.seed)
+        if trainer.world_size > 1:  # same prior on every process: rank 0's
+            state = trainer.strategy.broadcast(
+                {k: v.cpu() for k, v in prior.state_dict().items()}, src=0
+            )
+            prior.load_state_dict(state)
+        module.train(was_training)

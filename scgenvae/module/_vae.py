@@ -250,7 +250,6 @@ class MultiModalVAEModule(BaseModuleClass):
             raise ValueError(msg)
         self.loading_prior_sd = loading_prior_sd
         self.n_obs = n_obs
-        self._loading_prior_in_loss = True
         if not modalities:
             msg = "`modalities` must name at least one modality."
             raise ValueError(msg)
@@ -303,23 +302,14 @@ class MultiModalVAEModule(BaseModuleClass):
                 n_clusters, n_latent, n_hidden=n_hidden, straight_through=straight_through
             )
 
-    @property
-    def loading_prior_in_loss(self) -> bool:
-        """Whether :meth:`loss` includes the loading prior (else the optimizer applies it)."""
-        return self.loading_prior_sd is not None and self._loading_prior_in_loss
-
-    @loading_prior_in_loss.setter
-    def loading_prior_in_loss(self, value: bool) -> None:
-        self._loading_prior_in_loss = bool(value)
-
     def loading_prior_decay(self) -> list[tuple[nn.Parameter, float]]:
         """The loading prior as L2 coefficients: ``(parameter, 1 / (sd^2 n_obs))`` pairs.
 
         The prior's term in the per-cell loss is ``0.5 * coef * ||W||^2``, whose gradient
         ``coef * W`` is exactly what an optimizer's (coupled, not decoupled) weight decay of
         ``coef`` adds. Applying it there spares a pass over the widest matrix of the model,
-        and its gradient, at every step; set :attr:`loading_prior_in_loss` to ``False`` when the
-        optimizer does so (``MultiVAE.train`` does with its default optimizer).
+        and its gradient, at every step; pass ``loading_prior_in_loss=False`` to :meth:`loss`
+        when the optimizer does so (the training plan's default optimizer does).
         """
         if self.loading_prior_sd is None:
             return []
@@ -515,8 +505,14 @@ class MultiModalVAEModule(BaseModuleClass):
         generative_outputs: dict,
         kl_weight: float = 1.0,
         tau: float | None = None,
+        loading_prior_in_loss: bool = True,  # noqa: FBT001, FBT002 - a loss keyword, as kl_weight
     ) -> LossOutput:
-        """Negative ELBO: reconstruction of observed modalities plus KL terms, per cell."""
+        """Negative ELBO: reconstruction of observed modalities plus KL terms, per cell.
+
+        ``kl_weight`` scales the KL terms (warm-up), ``tau`` is the Gumbel-Softmax temperature
+        (discrete latent), and ``loading_prior_in_loss=False`` leaves the loading prior's term
+        out, for an optimizer that applies it as weight decay.
+        """
         observed = inference_outputs[MODULE_KEYS.OBSERVED_KEY]
         libraries = inference_outputs[MODULE_KEYS.LIBRARY_KEY]
         reconstruction, extra = {}, {}
@@ -564,7 +560,7 @@ class MultiModalVAEModule(BaseModuleClass):
             extra["kl_align"] = align.mean()
         if "tau" in kl:
             extra["tau"] = torch.as_tensor(kl["tau"])
-        if self.loading_prior_in_loss:
+        if loading_prior_in_loss and self.loading_prior_sd is not None:
             # -log N(W | 0, sd^2) of the peak loadings, up to a constant, per training cell
             penalty = sum(
                 0.5 * coef * param.square().sum() for param, coef in self.loading_prior_decay()
