@@ -777,7 +777,7 @@ CASES = [
         _mdata_edit(_duplicate_rna_obs_names),
         lambda m, c: MultiVAE.setup_mudata(m),
         ValueError,
-        r"modality obs_names are not unique; call `mdata\.mod\[m\]\.obs_names_make_unique",
+        r"mod\['rna'\]\.obs_names are not unique \(for instance \['c'\]\); call `mdata\.mod\['rna'\]\.obs_names_make_unique",
     ),
     Case(
         "multi-unpaired-cells-accepted",

@@ -9,6 +9,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from scgenvae._quiet import quiet
+
 if TYPE_CHECKING:
     from mudata import MuData
     from numpy.random import Generator, SeedSequence
@@ -155,6 +157,7 @@ def synthetic_multiome(
             X=atac, obs=obs.copy(), var=pd.DataFrame(index=[f"peak_{j}" for j in range(n_peaks)])
         ),
     }
-    mdata = md.MuData(mod)
+    with quiet():
+        mdata = md.MuData(mod)
     mdata.obs = obs.copy()
     return mdata

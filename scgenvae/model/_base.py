@@ -37,14 +37,15 @@ from scgenvae._constants import (
     MODULE_KEYS,
     REGISTRY_KEYS,
 )
+from scgenvae._quiet import quiet
 from scgenvae._settings import settings
 from scgenvae.distributions import FactorisedBernoulli
 
 from ._callbacks import WarmupEarlyStopping
 from ._checkpoint import resume_from
+from ._compat import ScviCompatMixin
 from ._data import (
     DEFAULT_BLOCK_SIZE,
-    STREAMS,
     BlockMinibatchIterable,
     InMemoryDataSplitter,
     MinibatchIterable,
@@ -52,6 +53,7 @@ from ._data import (
     column_means,
     registry_arrays,
 )
+from ._export import check_latent_write, write_latent
 from ._health import health_report, stop_message, warn_problems
 from ._io import (
     META_FILE,
@@ -64,11 +66,17 @@ from ._io import (
     write_model,
 )
 from ._plan import ScgenvaeTrainingPlan
-from ._validate import check_known_categories, check_trainable
+from ._setup import Scans, SetupSpec, recall, remember
+from ._validate import (
+    check_known_categories,
+    check_trainable,
+    fingerprint,
+    resolve_indices,
+)
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from anndata import AnnData
 
@@ -81,25 +89,6 @@ _DDP_ALIASES = frozenset({"ddp", "ddp_fork", "ddp_notebook"})
 EARLY_STOPPING_MIN_CELLS = 1000
 #: epochs without improvement of the validation ELBO (after the KL warm-up) before stopping
 EARLY_STOPPING_PATIENCE = 30
-
-
-class _SetupStore:
-    """Setup arguments of user objects, keyed by identity, without writing into the objects."""
-
-    def __init__(self) -> None:
-        self._store: dict[int, tuple[weakref.ref, str, dict, dict | None]] = {}
-
-    def put(self, data, cls_name: str, args: dict, source_registry: dict | None = None) -> None:
-        self._store[id(data)] = (weakref.ref(data), cls_name, args, source_registry)
-
-    def get(self, data, cls_name: str) -> tuple[dict, dict | None] | None:
-        entry = self._store.get(id(data))
-        if entry is None or entry[0]() is not data or entry[1] != cls_name:
-            return None
-        return entry[2], entry[3]
-
-
-_SETUP = _SetupStore()
 
 
 def _obs_frame(obs: pd.DataFrame, columns: Sequence[str], n_obs: int) -> pd.DataFrame:
@@ -127,7 +116,7 @@ def covariate_fields(args: dict) -> list:
     ]
 
 
-class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
+class BaseScgenvaeModel(ScviCompatMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Shared user-facing machinery of scgenvae models (not used directly)."""
 
     _training_plan_cls = ScgenvaeTrainingPlan
@@ -140,8 +129,23 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
     _kl_warmup_cap: ClassVar[int] = 100
 
     # subclasses implement ------------------------------------------------------------
-    def _build_internal(self, data, args: dict) -> AnnData:  # pragma: no cover - abstract
+    def _build_internal(
+        self, data, args: Mapping[str, Any], scans: Scans
+    ) -> tuple[AnnData, dict[str, RowSource]]:  # pragma: no cover - abstract
+        """Validate ``data``; build the internal AnnData and the row sources of streamed matrices.
+
+        The row sources (registry key -> :class:`RowSource`) are those of backed matrices read
+        from disk block by block.
+        """
         raise NotImplementedError
+
+    @classmethod
+    def _matrices(cls, data, args: Mapping[str, Any]) -> dict[str, Any]:  # pragma: no cover
+        """The user's matrices the model reads, by description (for fingerprints)."""
+        raise NotImplementedError
+
+    def _check_training_data(self, data, args: Mapping[str, Any]) -> None:
+        """Refuse data a model cannot be trained on (beyond the set-up's checks)."""
 
     @classmethod
     def _fields(cls, args: dict) -> list:  # pragma: no cover - abstract
@@ -153,45 +157,107 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
 
     # set-up --------------------------------------------------------------------------
     @classmethod
-    def _remember_setup(cls, data, args: dict, source_registry: dict | None = None) -> None:
-        _SETUP.put(data, cls.__name__, args, source_registry)
+    def _remember_setup(
+        cls,
+        data,
+        args: dict,
+        *,
+        scans: Scans | None = None,
+        source_registry: dict | None = None,
+    ) -> SetupSpec:
+        return remember(
+            data,
+            cls.__name__,
+            args,
+            cls._matrices(data, args),
+            scans=scans,
+            source_registry=source_registry,
+        )
 
     def _init_data(self, data) -> None:
-        found = _SETUP.get(data, type(self).__name__)
-        if found is None:
-            name = type(self).__name__
+        name = type(self).__name__
+        spec = recall(data, name)
+        if spec is None:
             msg = (
                 f"this object was not set up for {name}: call "
                 f"`scgenvae.model.{name}.{self._setup_method}(data, ...)` first."
             )
             raise ValueError(msg)
-        args, source_registry = found
-        internal = self._build_internal(data, args)
-        training = source_registry is None
+        changed = spec.changed(self._matrices(data, spec.args))
+        if changed:
+            msg = (
+                f"{changed[0]} changed after `{name}.{self._setup_method}(...)` (normalised or "
+                f"log-transformed, or replaced?). Call `{name}.{self._setup_method}` again on "
+                "the raw counts."
+            )
+            raise ValueError(msg)
+        args = dict(spec.args)
+        internal, sources = self._build_internal(data, args, Scans(spec.scans))
+        training = spec.source_registry is None
         if training:
             check_trainable(internal.n_obs)
+            self._check_training_data(data, args)
         else:
-            check_known_categories(internal.obs, source_registry, _category_keys(args))
+            check_known_categories(internal.obs, spec.source_registry, _category_keys(args))
         manager = AnnDataManager(
             fields=self._fields(args),
             setup_method_args={"setup_method_name": self._setup_method, "setup_args": dict(args)},
         )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            manager.register_fields(internal, source_registry=source_registry)
-        _restate_small_categories(caught, manager, args, training=training)
+        with quiet():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                manager.register_fields(internal, source_registry=spec.source_registry)
+            _restate_small_categories(caught, manager, args, training=training)
         type(self).register_manager(manager)
         BaseModelClass.__init__(self, internal)
-        self._setup_args = dict(args)
+        self._setup_args = args
         self._features = self._feature_names(data, args)
         self._user_data = weakref.ref(data)
+        self._obs_names = pd.Index(data.obs_names)
+        #: row sources of the training matrices that are streamed from disk, by registry key
+        self._sources: dict[str, RowSource] = sources
+        #: fingerprints of the user's matrices as validated, and of the internal matrices
+        self._data_fingerprints = dict(spec.fingerprints)
+        self._internal_fingerprints = self._fingerprint_internal(internal, sources)
         #: figures and checks of the last ``train()`` (see ``scgenvae.model._health``)
         self.training_report: dict[str, Any] | None = None
 
-    def _internal(self, data=None) -> AnnData:
-        """Internal AnnData of ``data`` (the training data when ``None``), validated."""
-        if data is None or data is self._user_data():
-            return self.adata
+    def _fingerprint_internal(self, internal: AnnData, sources: dict) -> dict[str, tuple]:
+        """Fingerprints of the matrices the model reads for ``internal`` (and their files)."""
+        out = {}
+        for key in self.adata_manager.data_registry if hasattr(self, "adata_manager") else ():
+            if key in (REGISTRY_KEYS.X_KEY, REGISTRY_KEYS.ATAC_KEY):
+                mat = sources[key].matrix if key in sources else _registered(internal, key)
+                out[key] = fingerprint(mat)
+        return out
+
+    def _training_data(self) -> tuple[AnnData, dict[str, RowSource]]:
+        """The training data, after checking that nothing changed it since the model was built."""
+        now = self._fingerprint_internal(self.adata, self._sources)
+        changed = [k for k, fp in now.items() if self._internal_fingerprints.get(k) != fp]
+        if changed:
+            what = "the backed file" if self._sources else "the counts"
+            msg = (
+                f"{what} of the training data changed after the model was built (normalised or "
+                "log-transformed in place, or the file replaced?); the model reads the raw "
+                "counts it was set up with. Restore them, or set up and build the model again."
+            )
+            raise ValueError(msg)
+        return self.adata, self._sources
+
+    def _internal(self, data=None) -> tuple[AnnData, dict[str, RowSource]]:
+        """Internal AnnData of ``data`` (the training data when ``None``) and its row sources.
+
+        The training object is used as built when its matrices are unchanged; changed, it is
+        validated again like any other data.
+        """
+        if data is None:
+            return self._training_data()
+        if data is self._user_data():
+            matrices = self._matrices(data, self._setup_args)
+            if all(fingerprint(m) == self._data_fingerprints.get(w) for w, m in matrices.items()):
+                return self._training_data()
+            # changed since training: validated again below, like any other data
         features = self._feature_names(data, self._setup_args)
         for mod, names in self._features.items():
             got = features.get(mod)
@@ -203,7 +269,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                     f"`data[:, model.feature_names[{mod!r}]]`."
                 )
                 raise ValueError(msg)
-        internal = self._build_internal(data, self._setup_args)
+        internal, sources = self._build_internal(data, self._setup_args, Scans())
         check_known_categories(
             internal.obs, self.adata_manager._registry, _category_keys(self._setup_args)
         )
@@ -217,7 +283,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         finally:
             scvi_logger.setLevel(level)
         _restate_small_categories(caught, self.adata_manager, self._setup_args, training=False)
-        return internal
+        return internal, sources
 
     def _make_module(self, **module_kwargs):
         """Build the module with weights seeded by ``settings.seed`` (global RNG untouched)."""
@@ -234,32 +300,27 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
     def _feature_means(self, modalities: dict) -> dict[str, np.ndarray]:
         """Per-feature means of each modality in the training data (decoder initialisation)."""
         out = {}
-        streams = STREAMS.get(self.adata)
         for m, spec in modalities.items():
-            if spec.registry_key in streams:  # from the set-up scan, not from the stand-in
-                out[m] = streams[spec.registry_key].col_means()
+            if spec.registry_key in self._sources:  # from the set-up scan, not the stand-in
+                out[m] = self._sources[spec.registry_key].col_means()
                 continue
-            x = (
-                self.adata.X
-                if spec.registry_key == REGISTRY_KEYS.X_KEY
-                else self.adata.obsm[spec.registry_key]
-            )
+            x = _registered(self.adata, spec.registry_key)
             out[m] = column_means(x, binarize=spec.likelihood == "bernoulli")
         return out
 
     @staticmethod
-    def _row_totals(internal: AnnData, key: str) -> np.ndarray:
+    def _row_totals(prepared: tuple[AnnData, dict[str, RowSource]], key: str) -> np.ndarray:
         """Per-cell totals of a registered matrix (from the set-up scan when it is streamed)."""
-        streams = STREAMS.get(internal)
-        if key in streams:
-            return streams[key].row_totals()
-        x = internal.X if key == REGISTRY_KEYS.X_KEY else internal.obsm[key]
+        internal, sources = prepared
+        if key in sources:
+            return sources[key].row_totals()
+        x = _registered(internal, key)
         return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
 
     @property
     def is_streamed(self) -> bool:
         """Whether the training matrices stay on disk (backed data) and are streamed."""
-        return bool(STREAMS.get(self.adata))
+        return bool(self._sources)
 
     @property
     def feature_names(self) -> dict[str, pd.Index]:
@@ -303,6 +364,11 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         checkpoint_every: int = 10,
         load_in_memory: bool | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
+        shuffle_set_split: bool = True,
+        n_steps_kl_warmup: int | None = None,
+        datasplitter_kwargs: dict | None = None,
+        plan_config: dict | None = None,
+        trainer_config: dict | None = None,
         **trainer_kwargs,
     ) -> None:
         """Train the model with scvi-tools' Lightning machinery.
@@ -358,17 +424,55 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         block_size
             Rows read at a time when streaming: the blocks are visited in a random order and
             the cells of each block shuffled (seeded by ``seed`` and the epoch).
+        shuffle_set_split
+            Shuffle the cells before splitting them into training and validation sets
+            (``False``: the last cells are the validation set).
+        n_steps_kl_warmup
+            KL warm-up in training steps (minibatches) instead of epochs; it replaces
+            ``n_epochs_kl_warmup``.
+        datasplitter_kwargs
+            More arguments for the data splitter; only ``shuffle_set_split`` is accepted (the
+            others of scvi-tools' splitter do not apply to scgenvae's minibatches).
+        plan_config, trainer_config
+            scvi-tools' names for ``plan_kwargs`` and ``trainer_kwargs`` (merged into them).
         **trainer_kwargs
             More arguments for :class:`scvi.train.Trainer` (for instance
             ``enable_progress_bar=False``, ``strategy="ddp"``, ``num_nodes=2``).
         """
         seed = settings.seed if seed is None else seed
+        self._training_data()  # refuses training data changed since the model was built
         if max_epochs is None:
             max_epochs = int(min(400, round(400 * 20000 / max(self.adata.n_obs, 1))))
-        plan_kwargs = dict(plan_kwargs or {})
+        if (
+            isinstance(max_epochs, bool)
+            or not isinstance(max_epochs, int | np.integer)
+            or max_epochs < 1
+        ):
+            msg = f"`max_epochs` must be a positive number of epochs, got {max_epochs!r}."
+            raise ValueError(msg)
+        shuffle_set_split = _splitter_options(
+            datasplitter_kwargs, shuffle_set_split=shuffle_set_split
+        )
+        for name in ("load_sparse_tensor", "datamodule"):
+            if name in trainer_kwargs:
+                msg = _REFUSED_TRAIN_ARGS[name]
+                raise ValueError(msg)
+        plan_kwargs = {**dict(plan_config or {}), **dict(plan_kwargs or {})}
+        trainer_kwargs = {**dict(trainer_config or {}), **trainer_kwargs}
+        _check_plan_kwargs(plan_kwargs)
         plan_kwargs.setdefault("lr", lr)
         plan_kwargs.setdefault("seed", seed)
         plan_kwargs.setdefault("model_class", type(self).__name__)
+        n_steps_kl_warmup = plan_kwargs.pop("n_steps_kl_warmup", n_steps_kl_warmup)
+        if n_steps_kl_warmup is not None:
+            if n_epochs_kl_warmup is not None:
+                msg = "pass `n_epochs_kl_warmup` or `n_steps_kl_warmup`, not both."
+                raise ValueError(msg)
+            # scvi-tools' plan uses the steps when there are no epochs
+            plan_kwargs["n_steps_kl_warmup"] = int(n_steps_kl_warmup)
+            plan_kwargs["n_epochs_kl_warmup"] = None
+            steps_per_epoch = max(1, -(-self.adata.n_obs // int(batch_size)))
+            n_epochs_kl_warmup = -(-int(n_steps_kl_warmup) // steps_per_epoch)
         if n_epochs_kl_warmup is None:
             n_epochs_kl_warmup = min(self._kl_warmup_cap, max(1, max_epochs // 4))
         plan_kwargs.setdefault("n_epochs_kl_warmup", n_epochs_kl_warmup)
@@ -415,7 +519,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             trainer_kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
         self.module.train()  # a trained model is left in eval mode; Lightning expects train mode
         with (
-            _quiet_sparse_warnings(),
+            quiet(),
             reuse_freed_memory(enabled=settings.reuse_freed_memory),
             _distributed_log_dir(trainer_kwargs),
             warnings.catch_warnings(),
@@ -430,6 +534,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 validation_size=validation_size,
                 batch_size=batch_size,
                 plan_kwargs=plan_kwargs,
+                shuffle_set_split=shuffle_set_split,
                 datasplitter_kwargs={
                     "seed": seed,
                     "sparse_keys": self._sparse_keys,
@@ -498,7 +603,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             return None, "none"
         observed = np.ones(self.adata.n_obs, dtype=bool)
         for spec in self._module_kwargs["modalities"].values():
-            observed &= self._row_totals(self.adata, spec.registry_key) > 0
+            observed &= self._row_totals((self.adata, self._sources), spec.registry_key) > 0
         validation = getattr(self, "validation_indices", None)
         if validation is not None and len(validation):
             validation = np.asarray(validation)
@@ -540,7 +645,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         if int(block_size) < 1:
             msg = f"`block_size` must be a positive number of rows, got {block_size}."
             raise ValueError(msg)
-        streams = STREAMS.get(self.adata)
+        streams = dict(self._sources)
         if load_in_memory is False and not streams:  # stream in-memory data as if backed
             keys = {spec.registry_key for spec in self._module_kwargs["modalities"].values()}
             streams = {k: RowSource(self.adata_manager.get_from_registry(k)) for k in keys}
@@ -551,10 +656,15 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         }
 
     # inference ----------------------------------------------------------------------
-    def _loader(self, internal: AnnData, indices=None, batch_size: int | None = None):
+    def _loader(
+        self,
+        prepared: tuple[AnnData, dict[str, RowSource]],
+        indices: np.ndarray | None = None,
+        batch_size: int | None = None,
+    ):
+        internal, streams = prepared
         manager = self.get_anndata_manager(internal, required=True)
         indices = np.arange(internal.n_obs) if indices is None else np.asarray(indices)
-        streams = STREAMS.get(internal)
         arrays = registry_arrays(manager, self._sparse_keys, skip=set(streams))
         kwargs = {"batch_size": batch_size or 1024, "shuffle": False}
         if streams:  # backed data: one block of rows in memory at a time
@@ -572,17 +682,25 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         use_modalities: tuple[str, ...] | None = None,
     ) -> Iterator[tuple[dict, dict]]:
         self._check_if_trained(warn=False)
-        internal = self._internal(data)
+        prepared = self._internal(data)
+        indices = self._cell_indices(indices, data)
         was_training = self.module.training
         self.module.eval()
         try:
-            with torch.inference_mode(), _quiet_sparse_warnings():
-                for tensors in self._loader(internal, indices, batch_size):
+            with torch.inference_mode(), quiet():
+                for tensors in self._loader(prepared, indices, batch_size):
                     inf_in = self.module._get_inference_input(tensors)
                     out = self.module.inference(**inf_in, use_modalities=use_modalities)
                     yield tensors, out
         finally:
             self.module.train(was_training)
+
+    def _cell_indices(self, indices, data=None) -> np.ndarray | None:
+        """``indices`` as positions: a boolean mask, integer positions or obs names."""
+        if indices is None:
+            return None
+        names = self._obs_names if data is None else pd.Index(data.obs_names)
+        return resolve_indices(indices, names)
 
     def _modality_arg(self, modality: str) -> tuple[str, ...] | None:
         if modality == "joint":
@@ -779,9 +897,18 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         if getattr(data, "is_view", False):
             msg = "`data` is a view; pass `data.copy()` (a view cannot be annotated in place)."
             raise ValueError(msg)
+        clusters = bool(getattr(self.module.prior, "n_clusters", None))
+        check_latent_write(  # before any computation: a refused key costs nothing
+            data,
+            self._latent_targets(data),
+            key_added=key_added,
+            cluster_key_added=cluster_key_added,
+            cluster_probs_key_added=cluster_probs_key_added,
+            clusters=clusters,
+        )
         latent = self.get_latent_representation(data, give_mean=give_mean)
         probs = None
-        if getattr(self.module.prior, "n_clusters", None):
+        if clusters:
             probs = self.get_cluster_probabilities(data)
         params = {
             "model": type(self).__name__,
@@ -789,17 +916,17 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
             "give_mean": bool(give_mean),
             "seed": -1 if getattr(self, "_train_seed", None) is None else int(self._train_seed),
         }
-        for target, rows in self._latent_targets(data):
-            target.obsm[key_added] = _rows(latent, rows)
-            if probs is not None:
-                p = _rows(probs, rows)
-                target.obsm[cluster_probs_key_added] = p
-                codes = np.where(np.isnan(p).any(1), -1, np.nan_to_num(p).argmax(1))
-                target.obs[cluster_key_added] = pd.Categorical.from_codes(
-                    codes, categories=[str(k) for k in range(p.shape[1])]
-                )
-        data.uns[key_added.removeprefix("X_")] = {"params": params}
-        logger.info("added obsm[%r] and uns[%r]", key_added, key_added.removeprefix("X_"))
+        uns_key = write_latent(
+            data,
+            self._latent_targets(data),
+            latent=latent,
+            probs=probs,
+            key_added=key_added,
+            cluster_key_added=cluster_key_added,
+            cluster_probs_key_added=cluster_probs_key_added,
+            params=params,
+        )
+        logger.info("added obsm[%r] and uns[%r]['params']", key_added, uns_key)
 
     # persistence --------------------------------------------------------------------
     def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -862,7 +989,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                     "`data[:, names]`."
                 )
                 raise ValueError(msg)
-        _SETUP.put(data, cls.__name__, meta["setup_args"], meta["registry"])
+        cls._remember_setup(data, meta["setup_args"], source_registry=meta["registry"])
         model = cls(data, **meta["init_params"])
         try:
             model.module.load_state_dict(state)
@@ -924,6 +1051,55 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
         convert_legacy(dir_path, output_dir_path, trust_file=trust_file, overwrite=overwrite)
 
 
+#: scvi-tools' ``train`` arguments that do not apply to scgenvae's models, with the reason
+_REFUSED_TRAIN_ARGS = {
+    "load_sparse_tensor": (
+        "`load_sparse_tensor` is not used: scgenvae hands sparse counts to the model as sparse "
+        "tensors already; remove the argument."
+    ),
+    "datamodule": (
+        "`datamodule` is not supported: scgenvae builds its own minibatches from the set-up "
+        "data (use `load_in_memory`/`block_size` for data on disk); remove the argument."
+    ),
+}
+
+
+def _splitter_options(datasplitter_kwargs: dict | None, *, shuffle_set_split: bool) -> bool:
+    """``shuffle_set_split`` from ``datasplitter_kwargs``; other keys are refused by name."""
+    options = dict(datasplitter_kwargs or {})
+    shuffle_set_split = bool(options.pop("shuffle_set_split", shuffle_set_split))
+    if options:
+        msg = (
+            f"`datasplitter_kwargs` keys {sorted(options)} do not apply to scgenvae's data "
+            "splitter; it accepts `shuffle_set_split` only (sizes: `train_size`, "
+            "`validation_size`; seeding: `seed`)."
+        )
+        raise ValueError(msg)
+    return shuffle_set_split
+
+
+def _check_plan_kwargs(plan_kwargs: dict) -> None:
+    """Refuse ``plan_kwargs`` keys the training plan would pass on to the loss unused."""
+    import inspect
+
+    from scvi.train import TrainingPlan
+
+    from scgenvae.module import MultiModalVAEModule
+
+    known = set()
+    for fn in (ScgenvaeTrainingPlan.__init__, TrainingPlan.__init__, MultiModalVAEModule.loss):
+        known |= set(inspect.signature(fn).parameters)
+    known -= {"self", "module", "kwargs", "loss_kwargs", "tensors"}
+    known -= {"inference_outputs", "generative_outputs"}
+    unknown = sorted(set(plan_kwargs) - known)
+    if unknown:
+        msg = (
+            f"`plan_kwargs` keys {unknown} are not arguments of the training plan "
+            f"(`ScgenvaeTrainingPlan`); its arguments are {sorted(known)}."
+        )
+        raise ValueError(msg)
+
+
 def _category_keys(args: dict) -> dict[str, str | None]:
     """Registry key -> user obs column of the single-column categorical fields."""
     return {
@@ -983,23 +1159,9 @@ def _distributed_log_dir(trainer_kwargs: dict) -> Iterator[None]:
 
 
 # glibc mallopt parameters (malloc.h) and their documented defaults
-@contextmanager
-def _quiet_sparse_warnings() -> Iterator[None]:
-    """Silence torch's 'sparse CSR is beta' notices, which say nothing actionable to users."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly")
-        yield
-
-
-def _rows(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-    """Rows of ``values`` for a target; ``-1`` rows (cell absent) become NaN."""
-    if rows is None:
-        return values
-    out = np.full((len(rows), values.shape[1]), np.nan, dtype=np.float64)
-    ok = rows >= 0
-    out[ok] = values[rows[ok]]
-    return out
+def _registered(internal: AnnData, key: str):
+    """The matrix registered under ``key`` in an internal AnnData (``.X`` or an ``obsm``)."""
+    return internal.X if key == REGISTRY_KEYS.X_KEY else internal.obsm[key]
 
 
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(9)

@@ -22,7 +22,6 @@ codes, covariates) stay in memory.
 from __future__ import annotations
 
 import math
-import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,7 +35,6 @@ from ._validate import read_rows
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from anndata import AnnData
     from scvi.data import AnnDataManager
 
     from ._validate import MatrixScan
@@ -210,30 +208,6 @@ class RowSource:
     def to_memory(self):
         """The whole matrix in memory (CSR for sparse matrices)."""
         return self.read(0, self.shape[0])
-
-
-class _StreamStore:
-    """Row sources of internal AnnData objects whose matrices stay on disk.
-
-    Keyed by the identity of the internal object (the model's own, never the user's). Its
-    registered matrix is a stand-in, see ``BaseScgenvaeModel._build_internal``.
-    """
-
-    def __init__(self) -> None:
-        self._store: dict[int, tuple[weakref.ref, dict[str, RowSource]]] = {}
-
-    def put(self, internal: AnnData, sources: dict[str, RowSource]) -> None:
-        self._store = {k: v for k, v in self._store.items() if v[0]() is not None}
-        self._store[id(internal)] = (weakref.ref(internal), dict(sources))
-
-    def get(self, internal: AnnData) -> dict[str, RowSource]:
-        entry = self._store.get(id(internal))
-        if entry is None or entry[0]() is not internal:
-            return {}
-        return dict(entry[1])
-
-
-STREAMS = _StreamStore()
 
 
 def column_means(x, *, binarize: bool = False, chunk: int = 1 << 24) -> np.ndarray:

@@ -17,13 +17,13 @@ from scgenvae._constants import REGISTRY_KEYS
 from scgenvae.module import ModalitySpec, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
-from ._data import STREAMS, RowSource, stand_in
+from ._data import RowSource, stand_in
+from ._setup import Scans
 from ._validate import (
     check_continuous,
     check_shape,
     check_values,
     get_matrix,
-    scan_backed,
     streamable,
 )
 
@@ -72,10 +72,14 @@ def _modalities(data, args: dict) -> tuple[AnnData, AnnData, pd.Index, pd.DataFr
     return rna, atac, cells, obs
 
 
-def _rows(mod: AnnData, cells: pd.Index) -> np.ndarray:
+def _rows(mod: AnnData, cells: pd.Index, name: str = "m") -> np.ndarray:
     """Row of each union cell in ``mod`` (-1 where the cell lacks the modality)."""
     if not mod.obs_names.is_unique:
-        msg = "modality obs_names are not unique; call `mdata.mod[m].obs_names_make_unique()`."
+        dup = list(mod.obs_names[mod.obs_names.duplicated()].unique()[:3])
+        msg = (
+            f"mod[{name!r}].obs_names are not unique (for instance {dup}); call "
+            f"`mdata.mod[{name!r}].obs_names_make_unique()` or drop the duplicated cells."
+        )
         raise ValueError(msg)
     return mod.obs_names.get_indexer(cells)
 
@@ -249,8 +253,8 @@ class MultiVAE(BaseScgenvaeModel):
             dropout_rate=dropout_rate,
             encode_covariates=encode_covariates,
             library_log_means={
-                "rna": log_library_mean(self._row_totals(self.adata, REGISTRY_KEYS.X_KEY)),
-                "atac": log_library_mean(self._row_totals(self.adata, REGISTRY_KEYS.ATAC_KEY)),
+                m: log_library_mean(self._row_totals((self.adata, self._sources), key))
+                for m, key in (("rna", REGISTRY_KEYS.X_KEY), ("atac", REGISTRY_KEYS.ATAC_KEY))
             },
             modality_dropout=modality_dropout,
             alignment_weight=alignment_weight,
@@ -311,10 +315,11 @@ class MultiVAE(BaseScgenvaeModel):
         rna, atac, cells, obs = _modalities(mdata, args)
         check_shape(rna, where=f"mod[{rna_mod!r}]")
         check_shape(atac, where=f"mod[{atac_mod!r}]")
-        rows_rna, rows_atac = _rows(rna, cells), _rows(atac, cells)
+        rows_rna, rows_atac = _rows(rna, cells, rna_mod), _rows(atac, cells, atac_mod)
         if not ((rows_rna >= 0) | (rows_atac >= 0)).any() or len(cells) == 0:
             msg = f"mod[{rna_mod!r}] and mod[{atac_mod!r}] share no cells with mdata.obs_names."
             raise ValueError(msg)
+
         for name, mod in ((rna_mod, rna), (atac_mod, atac)):
             if not mod.var_names.is_unique:
                 msg = (
@@ -322,6 +327,7 @@ class MultiVAE(BaseScgenvaeModel):
                     f"`mdata.mod[{name!r}].var_names_make_unique()` first."
                 )
                 raise ValueError(msg)
+        scans = Scans()
         for mod, layer, name, arg, label, counts in (
             (rna, rna_layer, rna_mod, "rna_layer", "RNA", True),
             (atac, atac_layer, atac_mod, "atac_layer", "ATAC", False),
@@ -329,7 +335,7 @@ class MultiVAE(BaseScgenvaeModel):
             x = get_matrix(mod, layer, where=f"mod[{name!r}]", arg=arg, keep_backed=True)
             where = f"{label} ({name!r}, layer {layer})"
             if streamable(x):  # block by block, without reading it whole
-                scan_backed(mod, layer, x, where=where, counts=counts)
+                scans.get((name, layer, counts), x, where=where, counts=counts)
             else:
                 check_values(x, where=where, counts=counts)
         mods = [(rna_mod, rna), (atac_mod, atac)]
@@ -346,7 +352,7 @@ class MultiVAE(BaseScgenvaeModel):
         n_only = int(((rows_rna >= 0) ^ (rows_atac >= 0)).sum())
         if n_only:
             logger.info("%d cells have only one modality; they are embedded from it", n_only)
-        cls._remember_setup(mdata, args)
+        cls._remember_setup(mdata, args, scans=scans)
 
     @classmethod
     def setup_anndata(cls, adata: AnnData, **kwargs) -> None:
@@ -366,7 +372,32 @@ class MultiVAE(BaseScgenvaeModel):
         rna, atac, _, _ = _modalities(data, args)
         return {"rna": pd.Index(rna.var_names), "atac": pd.Index(atac.var_names)}
 
-    def _streamed(self, data, args: dict) -> dict[str, RowSource] | None:
+    def _check_training_data(self, data, args) -> None:
+        """Training needs paired cells: one latent for both modalities is learnt from them."""
+        rna, atac, cells, _ = _modalities(data, args)
+        both = (_rows(rna, cells, args["rna_mod"]) >= 0) & (
+            _rows(atac, cells, args["atac_mod"]) >= 0
+        )
+        if not both.any():
+            msg = (
+                f"no cell of mod[{args['rna_mod']!r}] is also in mod[{args['atac_mod']!r}]: "
+                "MultiVAE learns one latent for both modalities from paired cells, and there are "
+                "none. Check that the modalities' obs_names name the same cells (e.g. the same "
+                "barcode format)."
+            )
+            raise ValueError(msg)
+
+    @classmethod
+    def _matrices(cls, data, args) -> dict:
+        rna, atac, _, _ = _modalities(data, args)
+        out = {}
+        for mod, key, name in ((rna, "rna_layer", "rna_mod"), (atac, "atac_layer", "atac_mod")):
+            layer = args[key]
+            where = f"mod[{args[name]!r}]" + (".X" if layer is None else f".layers[{layer!r}]")
+            out[where] = get_matrix(mod, layer, where=where, arg=key, keep_backed=True)
+        return out
+
+    def _streamed(self, data, args, scans: Scans) -> dict[str, RowSource] | None:
         """Row sources of backed RNA and ATAC matrices (``None``: in memory, as usual).
 
         Streaming needs both modalities backed, on the same cells in the same order as the
@@ -393,10 +424,14 @@ class MultiVAE(BaseScgenvaeModel):
             )
             return None
         bernoulli = getattr(self, "_atac_likelihood", "bernoulli") == "bernoulli"
-        scan_rna = scan_backed(rna, args["rna_layer"], x_rna, where="RNA counts")
-        scan_atac = scan_backed(atac, args["atac_layer"], x_atac, where="ATAC", counts=False)
+        rna_key, atac_key = (
+            (args["rna_mod"], args["rna_layer"]),
+            (args["atac_mod"], args["atac_layer"]),
+        )
+        scan_rna = scans.get((*rna_key, True), x_rna, where="RNA counts")
+        scan_atac = scans.get((*atac_key, False), x_atac, where="ATAC", counts=False)
         if not bernoulli:
-            scan_atac = scan_backed(atac, args["atac_layer"], x_atac, where="ATAC counts")
+            scan_atac = scans.get((*atac_key, True), x_atac, where="ATAC counts")
         elif not scan_atac.binary:
             self._warn_binarising()
         return {
@@ -415,10 +450,11 @@ class MultiVAE(BaseScgenvaeModel):
             stacklevel=6,
         )
 
-    def _build_internal(self, data, args: dict) -> AnnData:
+    def _build_internal(self, data, args, scans: Scans) -> tuple[AnnData, dict]:
         rna, atac, cells, obs = _modalities(data, args)
-        rows_rna, rows_atac = _rows(rna, cells), _rows(atac, cells)
-        streams = self._streamed(data, args)
+        rows_rna = _rows(rna, cells, args["rna_mod"])
+        rows_atac = _rows(atac, cells, args["atac_mod"])
+        streams = self._streamed(data, args, scans)
         if streams is not None:
             # The matrices stay on disk: scvi's fields register all-zero stand-ins of the same
             # shapes (they only record shapes and names, but their helpers would read a backed
@@ -451,9 +487,7 @@ class MultiVAE(BaseScgenvaeModel):
             var=pd.DataFrame(index=pd.RangeIndex(rna.n_vars).astype(str)),
         )
         internal.obsm["atac"] = sparse.csr_matrix(_aligned(x_atac, rows_atac), dtype=np.float32)
-        if streams is not None:
-            STREAMS.put(internal, streams)
-        return internal
+        return internal, streams or {}
 
     def _in_memory_matrices(self, rna: AnnData, atac: AnnData, args: dict) -> tuple:
         x_rna = get_matrix(rna, args["rna_layer"], where="RNA", arg="rna_layer")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
@@ -15,20 +14,22 @@ from scgenvae._constants import REGISTRY_KEYS
 from scgenvae.module import ModalitySpec, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
-from ._data import STREAMS, RowSource, stand_in
+from ._data import RowSource, stand_in
+from ._setup import Scans
 from ._validate import (
     check_continuous,
     check_obs_keys,
     check_shape,
     check_values,
     get_matrix,
-    scan_backed,
     streamable,
     warn_empty_cells,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ class PoissonVAE(BaseScgenvaeModel):
             dropout_rate=dropout_rate,
             encode_covariates=encode_covariates,
             library_log_means={
-                "rna": log_library_mean(self._row_totals(self.adata, REGISTRY_KEYS.X_KEY))
+                "rna": log_library_mean(
+                    self._row_totals((self.adata, self._sources), REGISTRY_KEYS.X_KEY)
+                )
             },
             n_clusters=n_clusters,
             straight_through=straight_through,
@@ -167,8 +170,9 @@ class PoissonVAE(BaseScgenvaeModel):
         x = get_matrix(adata, layer, keep_backed=True)
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         totals = None
+        scans = Scans()
         if streamable(x):
-            totals = scan_backed(adata, layer, x, where=where).row_sums
+            totals = scans.get((None, layer, True), x, where=where).row_sums
         else:
             check_values(x, where=where)
         cat_keys = list(categorical_covariate_keys or [])
@@ -188,6 +192,7 @@ class PoissonVAE(BaseScgenvaeModel):
                 "categorical_covariate_keys": cat_keys or None,
                 "continuous_covariate_keys": cont_keys or None,
             },
+            scans=scans,
         )
 
     @classmethod
@@ -202,7 +207,13 @@ class PoissonVAE(BaseScgenvaeModel):
         del args
         return {"rna": pd.Index(data.var_names)}
 
-    def _build_internal(self, data: AnnData, args: dict) -> AnnData:
+    @classmethod
+    def _matrices(cls, data, args) -> dict:
+        layer = args["layer"]
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        return {where: get_matrix(data, layer, keep_backed=True)}
+
+    def _build_internal(self, data: AnnData, args, scans: Scans) -> tuple[AnnData, dict]:
         if not isinstance(data, AnnData):
             msg = f"expected an AnnData, got {type(data).__name__}."
             raise TypeError(msg)
@@ -214,7 +225,8 @@ class PoissonVAE(BaseScgenvaeModel):
             # same shape (it only records the shape, but its helpers would read a backed
             # matrix, e.g. ``_check_nonnegative_integers`` reads rows when asked to), and our
             # loaders read the rows from the backed matrix, block by block.
-            source = RowSource(x, scan=scan_backed(data, args["layer"], x, where="the counts"))
+            scan = scans.get((None, args["layer"], True), x, where="the counts")
+            source = RowSource(x, scan=scan)
             x = stand_in(*source.shape)
         else:
             check_values(x, where="the counts")
@@ -236,9 +248,7 @@ class PoissonVAE(BaseScgenvaeModel):
             obs=_obs_frame(data.obs, cols, data.n_obs),
             var=pd.DataFrame(index=pd.RangeIndex(data.n_vars).astype(str)),
         )
-        if source is not None:
-            STREAMS.put(internal, {REGISTRY_KEYS.X_KEY: source})
-        return internal
+        return internal, ({} if source is None else {REGISTRY_KEYS.X_KEY: source})
 
     def get_normalized_expression(
         self,
@@ -272,6 +282,6 @@ class PoissonVAE(BaseScgenvaeModel):
         if library_size == "latent":
             totals = self._row_totals(self._internal(adata), REGISTRY_KEYS.X_KEY)
             if indices is not None:
-                totals = totals[np.asarray(indices)]
+                totals = totals[self._cell_indices(indices, adata)]
             return scale * totals.reshape(-1, 1)
         return scale * float(library_size)

@@ -5,9 +5,10 @@ Every error names the attribute, the key and the fix; nothing here modifies the 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
-import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -97,6 +98,71 @@ class MatrixScan:
     binary: bool
 
 
+#: values sampled by :func:`fingerprint` (at fixed, evenly spaced positions)
+FINGERPRINT_SAMPLE = 4096
+
+
+def backed_file(mat) -> str | None:
+    """Path of the HDF5 file behind a backed matrix (``None`` in memory).
+
+    Raises a ``ValueError`` naming the matrix when its file has been closed.
+    """
+    if hasattr(mat, "to_memory"):  # backed sparse dataset
+        handle = getattr(mat, "group", None)
+    elif type(mat).__module__.startswith("h5py"):
+        handle = mat
+    else:
+        return None
+    try:
+        return str(handle.file.filename)
+    except (ValueError, RuntimeError, AttributeError) as err:
+        msg = (
+            "a backed matrix of this data has its file closed; open it again with "
+            "`anndata.read_h5ad(path, backed='r')` (or `mudata.read_h5mu(path, backed=True)`) "
+            "and call the set-up again."
+        )
+        raise ValueError(msg) from err
+
+
+def _sample_digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for arr in arrays:
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
+def _positions(n: int) -> np.ndarray:
+    return np.unique(np.linspace(0, max(n - 1, 0), min(n, FINGERPRINT_SAMPLE)).astype(np.int64))
+
+
+def fingerprint(mat) -> tuple:
+    """A cheap summary of ``mat`` that changes when its values are changed.
+
+    In memory: shape, dtype, number of stored values and a digest of values sampled at fixed
+    positions (of the stored values, indices and row pointers of a sparse matrix); normalising
+    or log-transforming a matrix in place changes it. Backed: the file's path, size,
+    modification time and inode, and the shape.
+    """
+    shape = tuple(int(d) for d in mat.shape)
+    path = backed_file(mat)
+    if path is not None:
+        st = Path(path).stat()
+        return ("file", path, st.st_size, st.st_mtime_ns, st.st_ino, shape)
+    if sparse.issparse(mat):
+        mat = mat.tocsr() if mat.format not in ("csr", "csc") else mat
+        pos = _positions(mat.nnz)
+        ptr = _positions(len(mat.indptr))
+        digest = _sample_digest(mat.data[pos], mat.indices[pos], mat.indptr[ptr])
+        return ("sparse", shape, mat.dtype.str, int(mat.nnz), digest)
+    arr = np.asarray(mat)
+    pos = _positions(arr.size)
+    if arr.ndim == 2 and arr.shape[1]:
+        values = arr[pos // arr.shape[1], pos % arr.shape[1]]
+    else:
+        values = arr.ravel()[pos]
+    return ("dense", shape, arr.dtype.str, int(arr.size), _sample_digest(values))
+
+
 def read_rows(mat, start: int, stop: int):
     """Rows ``start:stop`` of a backed or in-memory matrix: CSR sparse or a dense array."""
     block = mat[start:stop]
@@ -142,37 +208,6 @@ def scan_matrix(
         col_sums += np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()
         col_nnz += np.asarray(nonzero.sum(axis=0)).ravel().astype(np.int64)
     return MatrixScan(row_sums, row_nnz, col_sums, col_nnz, binary)
-
-
-class _ScanStore:
-    """Scans of backed matrices, keyed by the identity of the object that holds them.
-
-    Set-up and model construction both need the scan of a backed matrix; a file opened with
-    ``backed="r"`` cannot change, so the scan is made once per object and matrix.
-    """
-
-    def __init__(self) -> None:
-        self._store: dict[tuple, tuple[weakref.ref, MatrixScan]] = {}
-
-    def get_or_scan(self, owner, key: tuple, mat, **kwargs) -> MatrixScan:
-        full_key = (id(owner), *key)
-        entry = self._store.get(full_key)
-        if entry is not None and entry[0]() is owner:
-            return entry[1]
-        scan = scan_matrix(mat, **kwargs)
-        self._store = {k: v for k, v in self._store.items() if v[0]() is not None}
-        self._store[full_key] = (weakref.ref(owner), scan)
-        return scan
-
-
-_SCANS = _ScanStore()
-
-
-def scan_backed(
-    owner: AnnData, layer: str | None, mat, *, where: str, counts: bool = True
-) -> MatrixScan:
-    """:func:`scan_matrix` of the backed matrix ``mat`` of ``owner``, made once per object."""
-    return _SCANS.get_or_scan(owner, (layer, counts), mat, where=where, counts=counts)
 
 
 def _values(mat) -> np.ndarray:
@@ -321,3 +356,46 @@ def _report_unseen(values: pd.Series, seen: list[str], col: str, where: str) -> 
             "to a training category or train a model that includes them."
         )
         raise ValueError(msg)
+
+
+def resolve_indices(indices, obs_names: pd.Index) -> np.ndarray:
+    """Cell positions from a boolean mask, integer positions or obs names.
+
+    Raises a clear error for a mask of the wrong length, positions out of range, unknown names
+    or values of another type.
+    """
+    n_obs = len(obs_names)
+    if isinstance(indices, pd.Series | pd.Index):
+        indices = indices.to_numpy()
+    if isinstance(indices, slice):
+        return np.arange(n_obs)[indices]
+    arr = np.asarray(indices)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        msg = f"`indices` must be one-dimensional, got shape {arr.shape}."
+        raise ValueError(msg)
+    if arr.dtype.kind == "b":
+        if len(arr) != n_obs:
+            msg = f"`indices` is a boolean mask of length {len(arr):,}; the data has {n_obs:,} cells."
+            raise ValueError(msg)
+        return np.flatnonzero(arr)
+    if arr.dtype.kind in "iu":
+        if arr.size and (arr.min() < -n_obs or arr.max() >= n_obs):
+            msg = (
+                f"`indices` holds positions out of range ({int(arr.min())} to {int(arr.max())}) "
+                f"for {n_obs:,} cells."
+            )
+            raise IndexError(msg)
+        return np.where(arr < 0, arr + n_obs, arr).astype(np.int64)
+    if arr.dtype.kind in "UO" and (arr.size == 0 or isinstance(arr[0], str)):
+        pos = obs_names.get_indexer(arr)
+        if (pos < 0).any():
+            missing = list(arr[pos < 0][:5])
+            msg = f"`indices` names cells not in obs_names: {missing}."
+            raise KeyError(msg)
+        return pos.astype(np.int64)
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    msg = f"`indices` has dtype {arr.dtype}; pass a boolean mask, integer positions or obs names."
+    raise TypeError(msg)

@@ -1,0 +1,99 @@
+"""What ``setup_anndata``/``setup_mudata`` hands to the model: a frozen, checked specification.
+
+The set-up validates the user's object once and records, on the object itself (a private
+Python attribute: nothing is written into its data, and a copy or a file written from it does
+not carry it), a :class:`SetupSpec`: the arguments, a fingerprint of every matrix it validated
+and the scans of backed matrices. A model built later checks the fingerprints, so data changed
+after the set-up is never taken as validated.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from ._validate import fingerprint, scan_matrix
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._validate import MatrixScan
+
+#: name of the attribute holding the set-up specifications on the user's object
+_ATTR = "_scgenvae_setup"
+
+
+@dataclass(frozen=True)
+class SetupSpec:
+    """The validated set-up of one object for one model class.
+
+    Parameters
+    ----------
+    model_class
+        Name of the model class set up for.
+    args
+        The set-up arguments (read-only).
+    fingerprints
+        Description of each validated matrix -> its :func:`~scgenvae.model._validate.fingerprint`.
+    scans
+        Scans of backed matrices made while validating, by ``(modality, layer, counts)``.
+    source_registry
+        Data registry of a saved model the object is loaded onto (``None`` for training).
+    """
+
+    model_class: str
+    args: Mapping[str, Any]
+    fingerprints: Mapping[str, tuple]
+    scans: Mapping[tuple, MatrixScan] = field(default_factory=dict)
+    source_registry: dict | None = None
+
+    def changed(self, matrices: Mapping[str, Any]) -> list[str]:
+        """The matrices (by description) whose fingerprint differs from the set-up's."""
+        return [
+            where
+            for where, mat in matrices.items()
+            if self.fingerprints.get(where) != fingerprint(mat)
+        ]
+
+
+class Scans:
+    """Scans of backed matrices, made once per call chain (set-up, model build, one getter)."""
+
+    def __init__(self, known: Mapping[tuple, MatrixScan] | None = None) -> None:
+        self.known: dict[tuple, MatrixScan] = dict(known or {})
+
+    def get(self, key: tuple, mat, **kwargs) -> MatrixScan:
+        """The scan of ``mat`` under ``key``, made with :func:`scan_matrix` if not known."""
+        if key not in self.known:
+            self.known[key] = scan_matrix(mat, **kwargs)
+        return self.known[key]
+
+
+def remember(
+    data,
+    model_class: str,
+    args: dict,
+    matrices: Mapping[str, Any],
+    *,
+    scans: Scans | None = None,
+    source_registry: dict | None = None,
+) -> SetupSpec:
+    """Record the set-up of ``data`` for ``model_class`` on the object and return it."""
+    spec = SetupSpec(
+        model_class=model_class,
+        args=MappingProxyType(copy.deepcopy(dict(args))),
+        fingerprints=MappingProxyType({w: fingerprint(m) for w, m in matrices.items()}),
+        scans=MappingProxyType(dict(scans.known) if scans is not None else {}),
+        source_registry=source_registry,
+    )
+    specs = dict(getattr(data, _ATTR, None) or {})
+    specs[model_class] = spec
+    object.__setattr__(data, _ATTR, specs)
+    return spec
+
+
+def recall(data, model_class: str) -> SetupSpec | None:
+    """The set-up of ``data`` for ``model_class``, if it was set up."""
+    return (getattr(data, _ATTR, None) or {}).get(model_class)
