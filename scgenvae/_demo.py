@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scgenvae._quiet import quiet
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -25,7 +27,8 @@ def _umap_png(adata, keys: list[str], path: Path, title: str) -> Path:
     sc.tl.umap(adata, neighbors_key="scgenvae", random_state=0)
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.2))
     for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
-        sc.pl.umap(adata, color=key, ax=ax, show=False, title=f"{title}: {key}")
+        with quiet():  # scanpy's own call of a deprecated AnnData method
+            sc.pl.umap(adata, color=key, ax=ax, show=False, title=f"{title}: {key}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -70,7 +73,8 @@ def run_a549(out: Path, *, max_epochs: int | None, seed: int) -> list[Path]:
     # orient a cycle (1 of 43 S, 2 of 54 G2/M Tirosh genes); the demo shows it on FUCCI cells
     paths = [png]
     h5mu = out / "a549_multivae.h5mu"
-    mdata.write_h5mu(h5mu)
+    with quiet():
+        mdata.write_h5mu(h5mu)
     return [h5mu, *paths]
 
 

@@ -29,6 +29,7 @@ _WARNINGS = (
     r".*Sparse CSR tensor support is in beta.*",
     r".*Sparse invariant checks are implicitly.*",
     r".*will not pull obs/var columns from individual modalities.*",
+    r".*The method obs_vector is deprecated.*",
 )
 
 

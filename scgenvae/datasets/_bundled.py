@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import anndata as ad
 
+from scgenvae._quiet import quiet
+
 if TYPE_CHECKING:
     from mudata import MuData
 
@@ -55,7 +57,7 @@ def _read_h5mu(path: Path) -> MuData:
     import mudata as md
 
     try:
-        with warnings.catch_warnings():
+        with quiet(), warnings.catch_warnings():
             # the bundled files were converted with h5py directly: they lack mudata's header
             warnings.filterwarnings(
                 "ignore", message="The HDF5 file was not created by muon/mudata"

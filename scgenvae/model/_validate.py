@@ -143,8 +143,8 @@ def fingerprint(mat) -> tuple:
     or log-transforming a matrix in place changes it. Backed: the file's path, size,
     modification time and inode, and the shape.
     """
+    path = backed_file(mat)  # first: a closed file's matrix cannot say its shape
     shape = tuple(int(d) for d in mat.shape)
-    path = backed_file(mat)
     if path is not None:
         st = Path(path).stat()
         return ("file", path, st.st_size, st.st_mtime_ns, st.st_ino, shape)
@@ -391,7 +391,7 @@ def resolve_indices(indices, obs_names: pd.Index) -> np.ndarray:
     if arr.dtype.kind in "UO" and (arr.size == 0 or isinstance(arr[0], str)):
         pos = obs_names.get_indexer(arr)
         if (pos < 0).any():
-            missing = list(arr[pos < 0][:5])
+            missing = [str(v) for v in arr[pos < 0][:5]]
             msg = f"`indices` names cells not in obs_names: {missing}."
             raise KeyError(msg)
         return pos.astype(np.int64)
