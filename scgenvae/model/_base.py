@@ -41,7 +41,6 @@ from scgenvae._constants import (
     REGISTRY_KEYS,
 )
 from scgenvae._settings import settings
-from scgenvae.distributions import FactorisedBernoulli
 
 from ._callbacks import WarmupEarlyStopping
 from ._data import (
@@ -51,7 +50,6 @@ from ._data import (
     InMemoryDataSplitter,
     MinibatchIterable,
     RowSource,
-    column_means,
     registry_arrays,
 )
 from ._health import health_report, stop_message, warn_problems
@@ -576,7 +574,7 @@ class BaseScgenvaeModel(UnsupervisedTrainingMixin, BaseModelClass):
                 if spec.registry_key == REGISTRY_KEYS.X_KEY
                 else self.adata.obsm[spec.registry_key]
             )
-            out[m] = column_means(x, binarize=spec.likelihood == "bernoulli")
+            out[m] = spec.head.column_means(x)
         return out
 
     @staticmethod
@@ -1398,26 +1396,11 @@ def _rows(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return out
 
 
-_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(9)
-
-
 def _mean_of(decoded: dict, *, unobserved_depth: torch.Tensor | None = None) -> torch.Tensor:
-    """Normalised mean of a decoded modality: ``scale`` for counts, probabilities for Bernoulli.
+    """Normalised mean of a decoded modality: its likelihood head's predictive mean.
 
-    For cells flagged in ``unobserved_depth`` (no observed depth in this modality), Bernoulli
-    probabilities are averaged over ``p(log depth | z)`` by Gauss-Hermite quadrature: the
-    posterior predictive, rather than the probability at the predicted depth alone.
+    See :meth:`scgenvae.module.LikelihoodHead.predictive_mean` (``scale`` for counts,
+    probabilities averaged over the unobserved depth for Bernoulli).
     """
-    px = decoded[MODULE_KEYS.PX_KEY]
-    scale = getattr(px, "scale", None)
-    if isinstance(scale, torch.Tensor):
-        return scale
-    if unobserved_depth is None or not isinstance(px, FactorisedBernoulli):
-        return px.probs
-    sd = decoded[MODULE_KEYS.LIBRARY_KEY].scale.reshape(-1, 1) * unobserved_depth.reshape(-1, 1)
-    base = px.logits
-    probs = torch.zeros_like(base)
-    for node, weight in zip(_GH_NODES, _GH_WEIGHTS, strict=True):
-        shift = (float(node) * sd) * px.region_depth
-        probs += float(weight) * torch.sigmoid(base + shift)
-    return probs / float(_GH_WEIGHTS.sum())
+    head = decoded[MODULE_KEYS.HEAD_KEY]
+    return head.predictive_mean(decoded, unobserved_depth=unobserved_depth)
