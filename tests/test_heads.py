@@ -193,7 +193,7 @@ def test_bernoulli_samples_peaks_when_there_are_more_than_twice_n_sampled():
             head.log_likelihood(decoded, _layouts(x)["csr"], library=library, n_sampled=3)
             .detach()
             .numpy()
-            for _ in range(4000)
+            for _ in range(1000)
         ]
     )
     assert not np.allclose(draws[0], expected)  # an estimate...
@@ -346,3 +346,15 @@ def test_a_new_likelihood_is_one_class(monkeypatch):
         -losses.reconstruction_loss["rna"].detach().numpy(), expected, rtol=1e-5
     )
     np.testing.assert_allclose(_mean_of(gen["rna"]).sum(-1).detach().numpy(), 1.0, rtol=1e-6)
+
+
+def test_a_loading_prior_without_bernoulli_heads_is_no_term():
+    mod = MultiModalVAEModule(
+        {"rna": ModalitySpec("X", 8, "nb")}, n_latent=3, n_hidden=4, loading_prior_sd=0.5, n_obs=8
+    )
+    assert mod.loading_prior_decay() == []
+    assert not mod.loading_prior_in_loss
+    x = torch.as_tensor(_counts(12), dtype=torch.float32)
+    _, _, losses = mod.forward({"X": x}, compute_loss=True)
+    assert torch.isfinite(losses.loss)
+    assert "loading_prior" not in losses.extra_metrics

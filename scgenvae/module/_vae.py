@@ -276,8 +276,11 @@ class MultiModalVAEModule(BaseModuleClass):
 
     @property
     def loading_prior_in_loss(self) -> bool:
-        """Whether :meth:`loss` includes the loading prior (else the optimizer applies it)."""
-        return self.loading_prior_sd is not None and self._loading_prior_in_loss
+        """Whether :meth:`loss` includes the loading prior (else the optimizer applies it).
+
+        Only heads with loadings under the prior (Bernoulli) have one: with none, ``False``.
+        """
+        return self._loading_prior_in_loss and bool(self.loading_prior_decay())
 
     @loading_prior_in_loss.setter
     def loading_prior_in_loss(self, value: bool) -> None:
