@@ -24,6 +24,7 @@ class _MODULE_KEYS_NT(NamedTuple):
     QC_KEY: str = "qc"
     C_KEY: str = "c"
     PX_KEY: str = "px"
+    HEAD_KEY: str = "head"
     LIBRARY_KEY: str = "library"
     OBSERVED_KEY: str = "observed"
     BATCH_INDEX_KEY: str = "batch_index"

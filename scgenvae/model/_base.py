@@ -39,7 +39,6 @@ from scgenvae._constants import (
 )
 from scgenvae._quiet import quiet
 from scgenvae._settings import settings
-from scgenvae.distributions import FactorisedBernoulli
 
 from ._callbacks import WarmupEarlyStopping
 from ._checkpoint import resume_from
@@ -50,7 +49,6 @@ from ._data import (
     InMemoryDataSplitter,
     MinibatchIterable,
     RowSource,
-    column_means,
     registry_arrays,
 )
 from ._export import check_latent_write, write_latent
@@ -305,7 +303,7 @@ class BaseScgenvaeModel(ScviCompatMixin, UnsupervisedTrainingMixin, BaseModelCla
                 out[m] = self._sources[spec.registry_key].col_means()
                 continue
             x = _registered(self.adata, spec.registry_key)
-            out[m] = column_means(x, binarize=spec.likelihood == "bernoulli")
+            out[m] = spec.head.column_means(x)
         return out
 
     @staticmethod
@@ -804,7 +802,12 @@ class BaseScgenvaeModel(ScviCompatMixin, UnsupervisedTrainingMixin, BaseModelCla
             for m in out:
                 seen = inf[MODULE_KEYS.OBSERVED_KEY][m]
                 unseen = ~seen if observed_library else torch.ones_like(seen)
-                out[m].append(_mean_of(gen[m], unobserved_depth=unseen).cpu().numpy())
+                out[m].append(
+                    self.module.modalities[m]
+                    .head.predictive_mean(gen[m], unobserved_depth=unseen)
+                    .cpu()
+                    .numpy()
+                )
         return {m: np.concatenate(v) for m, v in out.items()}
 
     @torch.inference_mode()
@@ -856,7 +859,10 @@ class BaseScgenvaeModel(ScviCompatMixin, UnsupervisedTrainingMixin, BaseModelCla
             )
             for m in out:
                 out[m].append(
-                    _mean_of(gen[m], unobserved_depth=torch.ones(len(zb), dtype=torch.bool))
+                    self.module.modalities[m]
+                    .head.predictive_mean(
+                        gen[m], unobserved_depth=torch.ones(len(zb), dtype=torch.bool)
+                    )
                     .cpu()
                     .numpy()
                 )
@@ -1162,28 +1168,3 @@ def _distributed_log_dir(trainer_kwargs: dict) -> Iterator[None]:
 def _registered(internal: AnnData, key: str):
     """The matrix registered under ``key`` in an internal AnnData (``.X`` or an ``obsm``)."""
     return internal.X if key == REGISTRY_KEYS.X_KEY else internal.obsm[key]
-
-
-_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(9)
-
-
-def _mean_of(decoded: dict, *, unobserved_depth: torch.Tensor | None = None) -> torch.Tensor:
-    """Normalised mean of a decoded modality: ``scale`` for counts, probabilities for Bernoulli.
-
-    For cells flagged in ``unobserved_depth`` (no observed depth in this modality), Bernoulli
-    probabilities are averaged over ``p(log depth | z)`` by Gauss-Hermite quadrature: the
-    posterior predictive, rather than the probability at the predicted depth alone.
-    """
-    px = decoded[MODULE_KEYS.PX_KEY]
-    scale = getattr(px, "scale", None)
-    if isinstance(scale, torch.Tensor):
-        return scale
-    if unobserved_depth is None or not isinstance(px, FactorisedBernoulli):
-        return px.probs
-    sd = decoded[MODULE_KEYS.LIBRARY_KEY].scale.reshape(-1, 1) * unobserved_depth.reshape(-1, 1)
-    base = px.logits
-    probs = torch.zeros_like(base)
-    for node, weight in zip(_GH_NODES, _GH_WEIGHTS, strict=True):
-        shift = (float(node) * sd) * px.region_depth
-        probs += float(weight) * torch.sigmoid(base + shift)
-    return probs / float(_GH_WEIGHTS.sum())

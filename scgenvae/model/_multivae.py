@@ -14,7 +14,7 @@ from scipy import sparse
 from scvi.data.fields import LayerField, ObsmField
 
 from scgenvae._constants import REGISTRY_KEYS
-from scgenvae.module import ModalitySpec, log_library_mean
+from scgenvae.module import ModalitySpec, get_head, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
 from ._data import RowSource, stand_in
@@ -258,7 +258,7 @@ class MultiVAE(BaseScgenvaeModel):
             },
             modality_dropout=modality_dropout,
             alignment_weight=alignment_weight,
-            loading_prior_sd=loading_prior_sd if atac_likelihood == "bernoulli" else None,
+            loading_prior_sd=loading_prior_sd,  # only Bernoulli heads put it on their loadings
             n_obs=self.adata.n_obs,
             n_sampled_peaks=n_sampled_peaks,
             n_clusters=n_clusters,
@@ -423,23 +423,27 @@ class MultiVAE(BaseScgenvaeModel):
                 stacklevel=5,
             )
             return None
-        bernoulli = getattr(self, "_atac_likelihood", "bernoulli") == "bernoulli"
+        binarize = self._atac_head().binarize
         rna_key, atac_key = (
             (args["rna_mod"], args["rna_layer"]),
             (args["atac_mod"], args["atac_layer"]),
         )
         scan_rna = scans.get((*rna_key, True), x_rna, where="RNA counts")
         scan_atac = scans.get((*atac_key, False), x_atac, where="ATAC", counts=False)
-        if not bernoulli:
+        if not binarize:
             scan_atac = scans.get((*atac_key, True), x_atac, where="ATAC counts")
         elif not scan_atac.binary:
             self._warn_binarising()
         return {
             REGISTRY_KEYS.X_KEY: RowSource(x_rna, scan=scan_rna),
             REGISTRY_KEYS.ATAC_KEY: RowSource(
-                x_atac, scan=scan_atac, binarize=bernoulli and not scan_atac.binary
+                x_atac, scan=scan_atac, binarize=binarize and not scan_atac.binary
             ),
         }
+
+    def _atac_head(self):
+        """The ATAC likelihood's head (it says whether and how the peaks are binarised)."""
+        return get_head(getattr(self, "_atac_likelihood", "bernoulli"))
 
     @staticmethod
     def _warn_binarising() -> None:
@@ -496,11 +500,12 @@ class MultiVAE(BaseScgenvaeModel):
             x_rna = sparse.csr_matrix(x_rna)  # row slicing needs CSR (the user's is kept)
         x_atac = get_matrix(atac, args["atac_layer"], where="ATAC", arg="atac_layer")
         x_atac = sparse.csr_matrix(x_atac) if not sparse.issparse(x_atac) else x_atac
-        if getattr(self, "_atac_likelihood", "bernoulli") == "bernoulli":
-            values = x_atac.data
-            if values.size and not np.isin(values, (0, 1)).all():
+        head = self._atac_head()
+        if head.binarize:
+            prepared = head.prepare(x_atac)
+            if prepared is not x_atac:
                 self._warn_binarising()
-                x_atac = (x_atac > 0).astype(np.float32)
+                x_atac = prepared
         else:
             check_values(x_atac, where="ATAC counts")
         return x_rna, x_atac

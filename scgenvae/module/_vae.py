@@ -6,33 +6,25 @@ A single-modality model (PoissonVAE) is the special case with one entry in ``mod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from scgenvae._constants import MODULE_KEYS, REGISTRY_KEYS
-from scgenvae.distributions import (
-    FactorisedBernoulli,
-    SoftmaxPoisson,
-    sparse_map_values,
-    sparse_row_sums,
-    to_dense,
-)
+from scgenvae.distributions import sparse_row_sums
 from scgenvae.nn import FCLayers, GaussianEncoder
 
+from ._heads import LikelihoodHead, get_head
 from ._priors import GaussianMixturePrior, StandardNormalPrior
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-Likelihood = Literal["poisson", "nb", "zinb", "bernoulli"]
-COUNT_LIKELIHOODS = ("poisson", "nb", "zinb")
 
 
 @dataclass(frozen=True)
@@ -46,12 +38,22 @@ class ModalitySpec:
     n_input
         Number of features.
     likelihood
-        ``"poisson"`` (library-size offset), ``"nb"``, ``"zinb"`` or ``"bernoulli"``.
+        Name of a registered likelihood (``"poisson"`` with a library-size offset, ``"nb"``,
+        ``"zinb"`` or ``"bernoulli"``; see :mod:`scgenvae.module._heads`) or a
+        :class:`~scgenvae.module.LikelihoodHead`.
     """
 
     registry_key: str
     n_input: int
-    likelihood: Likelihood = "poisson"
+    likelihood: str | LikelihoodHead = "poisson"
+
+    def __post_init__(self) -> None:
+        _ = self.head  # an unknown likelihood fails here, not at the first minibatch
+
+    @cached_property
+    def head(self) -> LikelihoodHead:
+        """The likelihood head of the modality (one instance per spec)."""
+        return get_head(self.likelihood)
 
 
 class _Decoder(nn.Module):
@@ -69,7 +71,8 @@ class _Decoder(nn.Module):
         dropout_rate: float,
     ):
         super().__init__()
-        self.likelihood = spec.likelihood
+        #: the likelihood head (a strategy, not a submodule: its parameters are the decoder's)
+        self.likelihood = spec.head
         self.trunk = FCLayers(
             n_latent,
             n_hidden,
@@ -78,25 +81,7 @@ class _Decoder(nn.Module):
             n_continuous_cov=n_continuous_cov,
             dropout_rate=dropout_rate,
         )
-        self.head = nn.Linear(n_hidden, spec.n_input)
-        if spec.likelihood in ("nb", "zinb"):
-            # gene-wise inverse dispersion, as scvi-tools' dispersion="gene"
-            self.log_theta = nn.Parameter(torch.zeros(spec.n_input))
-        if spec.likelihood == "zinb":
-            self.dropout_head = nn.Linear(n_hidden, spec.n_input)
-        if spec.likelihood == "bernoulli":
-            # the peak loadings start near zero (N(0, 1e-3^2)) instead of torch's default
-            # (sd 1/sqrt(3 n_hidden) = 0.036 at 256): with the region bias at each peak's
-            # log-odds, the decoder starts as the peak-frequency model, and the loadings grow
-            # only where the data support it. From torch's default the random cell-specific
-            # logits (sd ~0.4) took most of a 60-epoch run to unlearn on A549's 52,761 peaks,
-            # each open in few cells: held-out AUROC from RNA 0.7545 / 0.7541 (below peak
-            # frequency, 0.7549) and FOSCTTM 0.313 / 0.280 at seeds 1 / 2; near zero, 0.7568 /
-            # 0.7560 and 0.279 / 0.264.
-            nn.init.normal_(self.head.weight, std=1e-3)
-            # region factor in logit space: offset and response to the cell's depth
-            self.region_bias = nn.Parameter(torch.zeros(spec.n_input))
-            self.region_depth = nn.Parameter(torch.ones(spec.n_input))
+        self.likelihood.build(self, n_hidden, spec.n_input)
         # p(log library | z): lets us predict depth when the modality is not observed
         self.library_head = nn.Linear(n_latent, 1)
         self.library_log_sd = nn.Parameter(torch.zeros(1))
@@ -126,26 +111,12 @@ class _Decoder(nn.Module):
             log_lib = torch.where(
                 torch.isnan(library), pl.loc, torch.log(library.nan_to_num(1.0).clamp(min=1.0))
             )
-        if self.likelihood == "bernoulli":
-            px = FactorisedBernoulli(
-                h,
-                self.head.weight,
-                self.head.bias + self.region_bias,
-                (log_lib - log_library_centre).unsqueeze(-1),
-                self.region_depth,
-            )
-        elif self.likelihood == "poisson":
-            px = SoftmaxPoisson(self.head(h), log_lib)
-        else:
-            scale = torch.softmax(self.head(h), dim=-1)
-            mu = log_lib.exp().unsqueeze(-1) * scale
-            if self.likelihood == "nb":
-                px = NegativeBinomial(mu=mu, theta=self.log_theta.exp(), scale=scale)
-            else:
-                px = ZeroInflatedNegativeBinomial(
-                    mu=mu, theta=self.log_theta.exp(), zi_logits=self.dropout_head(h), scale=scale
-                )
-        return {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: pl}
+        px = self.likelihood.distribution(self, h, log_lib, log_library_centre)
+        return {
+            MODULE_KEYS.PX_KEY: px,
+            MODULE_KEYS.LIBRARY_KEY: pl,
+            MODULE_KEYS.HEAD_KEY: self.likelihood,
+        }
 
 
 def _product_of_experts(
@@ -315,28 +286,22 @@ class MultiModalVAEModule(BaseModuleClass):
             return []
         coef = 1.0 / (self.loading_prior_sd**2 * self.n_obs)
         return [
-            (self.decoders[m].head.weight, coef)
-            for m, spec in self.modalities.items()
-            if spec.likelihood == "bernoulli"
+            pair
+            for dec in self.decoders.values()
+            for pair in dec.likelihood.weight_decay(dec, coef)
         ]
 
     @torch.no_grad()
     def init_feature_biases(self, feature_means: Mapping[str, np.ndarray]) -> None:
         """Start each decoder at the data's average profile instead of a flat one.
 
-        Counts: the output bias is the log of each gene's mean share of the library (so the
-        softmax starts at the average composition). Bernoulli: the region bias is the
-        log-odds of each peak's frequency (instead of p = 0.5 everywhere).
+        ``feature_means`` are each modality's per-feature means of the prepared data (see
+        :meth:`LikelihoodHead.column_means`); each head sets its bias from them (counts: the
+        log of each gene's mean share of the library; Bernoulli: each peak's log-odds).
         """
         for m, mean in feature_means.items():
             dec = self.decoders[m]
-            mean = torch.as_tensor(np.asarray(mean, dtype=np.float64))
-            if self.modalities[m].likelihood == "bernoulli":
-                p = mean.clamp(1e-5, 1 - 1e-5)
-                dec.region_bias.copy_(torch.log(p / (1 - p)).to(dec.region_bias.dtype))
-            else:
-                share = mean / mean.sum().clamp(min=1e-12)
-                dec.head.bias.copy_(torch.log(share.clamp(min=1e-8)).to(dec.head.bias.dtype))
+            dec.likelihood.init_bias(dec, torch.as_tensor(np.asarray(mean, dtype=np.float64)))
 
     # ------------------------------------------------------------------ plumbing
     @staticmethod
@@ -405,12 +370,7 @@ class MultiModalVAEModule(BaseModuleClass):
             use = use_modalities is None or m in use_modalities
             if not use:
                 continue
-            xin = (
-                sparse_map_values(xm.float(), torch.log1p)
-                if spec.likelihood != "bernoulli"
-                else xm.float()
-            )
-            mu, var, _ = self.encoders[m](xin, enc_cats, enc_cont)
+            mu, var, _ = self.encoders[m](spec.head.encoder_input(xm), enc_cats, enc_cont)
             means.append(mu)
             variances.append(var)
             masks.append(observed[m])
@@ -489,10 +449,7 @@ class MultiModalVAEModule(BaseModuleClass):
         for m, decoder in self.decoders.items():
             lib = None
             if observed_library and library is not None:
-                lib = library[m].repeat(reps)
-                if self.modalities[m].likelihood == "bernoulli":
-                    # an unobserved modality has no depth: use p(log library | z) instead
-                    lib = torch.where(lib > 0, lib, torch.nan)
+                lib = decoder.likelihood.library_for_decoding(library[m].repeat(reps))
             out[m] = decoder(zz, lib, self.library_log_means[m], cat_list, cont_covs)
         out[MODULE_KEYS.PZ_KEY] = self.prior
         return out
@@ -516,21 +473,15 @@ class MultiModalVAEModule(BaseModuleClass):
         observed = inference_outputs[MODULE_KEYS.OBSERVED_KEY]
         libraries = inference_outputs[MODULE_KEYS.LIBRARY_KEY]
         reconstruction, extra = {}, {}
+        n_sampled = self.n_sampled_peaks if self.training else None
         for m, spec in self.modalities.items():
-            x = tensors[spec.registry_key]
-            px = generative_outputs[m][MODULE_KEYS.PX_KEY]
-            obs = observed[m].to(torch.float32)
-            if spec.likelihood == "bernoulli":
-                k = self.n_sampled_peaks
-                use_k = self.training and k is not None and spec.n_input > 2 * k
-                ll = px.log_prob_sum(x, n_sampled=k if use_k else None)
-                pl = generative_outputs[m][MODULE_KEYS.LIBRARY_KEY]
-                ll = ll + pl.log_prob(torch.log(libraries[m].clamp(min=1.0)))
-            elif isinstance(px, SoftmaxPoisson):
-                ll = px.log_prob_sum(x)
-            else:
-                ll = px.log_prob(to_dense(x).float()).sum(-1)
-            reconstruction[m] = -ll * obs
+            ll = spec.head.log_likelihood(
+                generative_outputs[m],
+                tensors[spec.registry_key],
+                library=libraries[m],
+                n_sampled=n_sampled,
+            )
+            reconstruction[m] = -ll * observed[m].to(torch.float32)
         qz = inference_outputs[MODULE_KEYS.QZ_KEY]
         z = inference_outputs[MODULE_KEYS.Z_KEY]
         kl = self.prior.kl(qz, z, inference_outputs, tau)
@@ -560,11 +511,10 @@ class MultiModalVAEModule(BaseModuleClass):
             extra["kl_align"] = align.mean()
         if "tau" in kl:
             extra["tau"] = torch.as_tensor(kl["tau"])
-        if loading_prior_in_loss and self.loading_prior_sd is not None:
+        decay = self.loading_prior_decay() if loading_prior_in_loss else []
+        if decay:  # only heads with loadings under the prior (Bernoulli) have a term
             # -log N(W | 0, sd^2) of the peak loadings, up to a constant, per training cell
-            penalty = sum(
-                0.5 * coef * param.square().sum() for param, coef in self.loading_prior_decay()
-            )
+            penalty = sum(0.5 * coef * param.square().sum() for param, coef in decay)
             total = total + penalty
             extra["loading_prior"] = penalty.detach()
         return LossOutput(
@@ -590,4 +540,4 @@ def log_library_mean(row_sums: np.ndarray) -> float:
     return float(np.log(s).mean()) if s.size else 0.0
 
 
-__all__ = ["COUNT_LIKELIHOODS", "ModalitySpec", "MultiModalVAEModule", "log_library_mean"]
+__all__ = ["ModalitySpec", "MultiModalVAEModule", "log_library_mean"]

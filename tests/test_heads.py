@@ -1,0 +1,363 @@
+"""Likelihood heads (``scgenvae.module._heads``): one class per likelihood, checked in isolation.
+
+Each head's log-likelihood is compared with scipy's, its predictive mean with its definition,
+its data preparation with numpy; a toy head shows that a new likelihood is one class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, sparse, stats
+from scvi.distributions import NegativeBinomial
+from torch import nn
+from torch.distributions import Normal
+
+from scgenvae._constants import MODULE_KEYS
+from scgenvae.module import (
+    HEADS,
+    BernoulliHead,
+    LikelihoodHead,
+    ModalitySpec,
+    MultiModalVAEModule,
+    NBHead,
+    PoissonHead,
+    ZINBHead,
+    get_head,
+)
+
+N_CELLS, N_HIDDEN, N_FEATURES = 6, 5, 8
+
+
+def _decoded(head: LikelihoodHead, seed: int = 0, *, library_sd: float = 0.5):
+    """A decoder's parameters (randomised), its output on random ``h`` and the library sizes."""
+    gen = torch.Generator().manual_seed(seed)
+    decoder = nn.Module()
+    head.build(decoder, N_HIDDEN, N_FEATURES)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.7)
+    h = torch.randn(N_CELLS, N_HIDDEN, generator=gen)
+    library = torch.randint(5, 60, (N_CELLS,), generator=gen).float()
+    centre = 3.0
+    px = head.distribution(decoder, h, torch.log(library), centre)
+    pl = Normal(torch.full((N_CELLS,), centre), torch.full((N_CELLS,), library_sd))
+    decoded = {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: pl, MODULE_KEYS.HEAD_KEY: head}
+    return decoder, h, library, centre, decoded
+
+
+def _counts(seed: int, *, binary: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(3.0, size=(N_CELLS, N_FEATURES)) * (rng.random((N_CELLS, N_FEATURES)) < 0.6)
+    return (x > 0).astype(np.float64) if binary else x.astype(np.float64)
+
+
+def _layouts(x: np.ndarray):
+    dense = torch.as_tensor(x, dtype=torch.float32)
+    return {"dense": dense, "csr": dense.to_sparse_csr()}
+
+
+def _shares(decoder, h) -> np.ndarray:
+    return torch.softmax(decoder.head(h), -1).detach().double().numpy()
+
+
+# ---------------------------------------------------------------------------- registry
+def test_registry_maps_each_likelihood_name_to_its_class():
+    assert HEADS["poisson"] is PoissonHead
+    assert HEADS["nb"] is NBHead
+    assert HEADS["zinb"] is ZINBHead
+    assert HEADS["bernoulli"] is BernoulliHead
+    for name, cls in HEADS.items():
+        spec = ModalitySpec("X", 3, name)
+        assert type(spec.head) is cls
+        assert spec.head is spec.head  # one instance per spec (the decoder's)
+        assert spec.likelihood == name
+
+
+def test_modality_spec_rejects_an_unknown_likelihood_at_construction():
+    with pytest.raises(ValueError, match="unknown likelihood 'gauss'"):
+        ModalitySpec("X", 3, "gauss")
+
+
+def test_modality_spec_accepts_a_head_instance():
+    head = NBHead()
+    assert ModalitySpec("X", 3, head).head is head
+    assert get_head(head) is head
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "expected"),
+    [
+        ("poisson", ["head.weight", "head.bias"]),
+        ("nb", ["log_theta", "head.weight", "head.bias"]),
+        (
+            "zinb",
+            ["log_theta", "head.weight", "head.bias", "dropout_head.weight", "dropout_head.bias"],
+        ),
+        ("bernoulli", ["region_bias", "region_depth", "head.weight", "head.bias"]),
+    ],
+)
+def test_state_dict_names_are_those_of_saved_models(likelihood, expected):
+    """The head's parameters live on the decoder, under the names models were saved with."""
+    mod = MultiModalVAEModule({"m": ModalitySpec("X", 7, likelihood)}, n_latent=3, n_hidden=4)
+    keys = [k.removeprefix("decoders.m.") for k in mod.state_dict() if k.startswith("decoders.")]
+    trunk = [k for k in keys if k.startswith("trunk.")]
+    # parameters of the decoder itself come first, then its submodules in order of creation
+    assert keys == [
+        *[k for k in expected if "." not in k],
+        "library_log_sd",
+        *trunk,
+        *[k for k in expected if "." in k],
+        "library_head.weight",
+        "library_head.bias",
+    ]
+
+
+# ---------------------------------------------------------------------------- log-likelihoods
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_poisson_log_likelihood_is_scipy_poisson_of_library_times_shares(layout):
+    head = PoissonHead()
+    decoder, h, library, _, decoded = _decoded(head)
+    x = _counts(1)
+    ll = head.log_likelihood(decoded, _layouts(x)[layout], library=library)
+    rate = library.double().numpy()[:, None] * _shares(decoder, h)
+    expected = stats.poisson.logpmf(x, rate).sum(1)
+    np.testing.assert_allclose(ll.detach().numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_nb_log_likelihood_is_scipy_nbinom(layout):
+    head = NBHead()
+    decoder, h, library, _, decoded = _decoded(head)
+    x = _counts(2)
+    ll = head.log_likelihood(decoded, _layouts(x)[layout], library=library)
+    mu = library.double().numpy()[:, None] * _shares(decoder, h)
+    theta = decoder.log_theta.detach().double().exp().numpy()
+    expected = stats.nbinom.logpmf(x, theta, theta / (theta + mu)).sum(1)
+    np.testing.assert_allclose(ll.detach().numpy(), expected, rtol=1e-5)
+    assert type(decoded[MODULE_KEYS.PX_KEY]) is NegativeBinomial
+
+
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_zinb_log_likelihood_is_the_zero_inflated_mixture(layout):
+    head = ZINBHead()
+    decoder, h, library, _, decoded = _decoded(head)
+    x = _counts(3)
+    ll = head.log_likelihood(decoded, _layouts(x)[layout], library=library)
+    mu = library.double().numpy()[:, None] * _shares(decoder, h)
+    theta = decoder.log_theta.detach().double().exp().numpy()
+    pi = 1 / (1 + np.exp(-decoder.dropout_head(h).detach().double().numpy()))
+    nb = stats.nbinom.logpmf(x, theta, theta / (theta + mu))
+    mixture = np.where(x == 0, np.log(pi + (1 - pi) * np.exp(nb)), np.log1p(-pi) + nb)
+    np.testing.assert_allclose(ll.detach().numpy(), mixture.sum(1), rtol=1e-5)
+
+
+def _bernoulli_expected(decoder, h, library, centre, decoded, x):
+    depth = np.log(library.double().numpy()) - centre
+    logits = (
+        h.double().numpy() @ decoder.head.weight.detach().double().numpy().T
+        + (decoder.head.bias + decoder.region_bias).detach().double().numpy()
+        + decoder.region_depth.detach().double().numpy() * depth[:, None]
+    )
+    peaks = stats.bernoulli.logpmf(x, 1 / (1 + np.exp(-logits))).sum(1)
+    pl = decoded[MODULE_KEYS.LIBRARY_KEY]
+    log_depth = stats.norm.logpdf(
+        np.log(library.double().numpy()), pl.loc.double().numpy(), pl.scale.double().numpy()
+    )
+    return peaks + log_depth, logits
+
+
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_bernoulli_log_likelihood_is_scipy_bernoulli_plus_the_depth_term(layout):
+    head = BernoulliHead()
+    decoder, h, library, centre, decoded = _decoded(head)
+    x = _counts(4, binary=True)
+    expected, _ = _bernoulli_expected(decoder, h, library, centre, decoded, x)
+    ll = head.log_likelihood(decoded, _layouts(x)[layout], library=library)
+    np.testing.assert_allclose(ll.detach().numpy(), expected, rtol=1e-5)
+    # too few peaks to sample (not more than twice n_sampled): scored exactly
+    ll = head.log_likelihood(decoded, _layouts(x)[layout], library=library, n_sampled=4)
+    np.testing.assert_allclose(ll.detach().numpy(), expected, rtol=1e-5)
+
+
+def test_bernoulli_samples_peaks_when_there_are_more_than_twice_n_sampled():
+    head = BernoulliHead()
+    decoder, h, library, centre, decoded = _decoded(head)
+    x = _counts(5, binary=True)
+    expected, _ = _bernoulli_expected(decoder, h, library, centre, decoded, x)
+    torch.manual_seed(0)
+    draws = np.stack(
+        [
+            head.log_likelihood(decoded, _layouts(x)["csr"], library=library, n_sampled=3)
+            .detach()
+            .numpy()
+            for _ in range(1000)
+        ]
+    )
+    assert not np.allclose(draws[0], expected)  # an estimate...
+    se = draws.std(0) / np.sqrt(len(draws))
+    assert (np.abs(draws.mean(0) - expected) < 5 * se + 1e-4).all()  # ...without bias
+
+
+# ---------------------------------------------------------------------------- predictive means
+@pytest.mark.parametrize("head", [PoissonHead(), NBHead(), ZINBHead()], ids=repr)
+def test_count_predictive_mean_is_the_shares_whatever_the_library(head):
+    decoder, h, _, _, decoded = _decoded(head)
+    mean = head.predictive_mean(decoded, unobserved_depth=torch.ones(N_CELLS, dtype=torch.bool))
+    np.testing.assert_allclose(mean.detach().double().numpy(), _shares(decoder, h), rtol=1e-6)
+    np.testing.assert_allclose(mean.sum(-1).detach().numpy(), 1.0, rtol=1e-6)
+    other = head.distribution(decoder, h, torch.full((N_CELLS,), 9.0), 0.0)
+    again = head.predictive_mean({MODULE_KEYS.PX_KEY: other})
+    torch.testing.assert_close(again, mean)
+
+
+def test_bernoulli_predictive_mean_at_an_observed_depth_is_the_probability():
+    head = BernoulliHead()
+    decoder, h, library, centre, decoded = _decoded(head)
+    _, logits = _bernoulli_expected(decoder, h, library, centre, decoded, _counts(6, binary=True))
+    probs = 1 / (1 + np.exp(-logits))
+    for unobserved in (None, torch.zeros(N_CELLS, dtype=torch.bool)):
+        mean = head.predictive_mean(decoded, unobserved_depth=unobserved).detach().numpy()
+        np.testing.assert_allclose(mean, probs, rtol=1e-5)
+
+
+def test_bernoulli_predictive_mean_averages_over_an_unobserved_depth():
+    """Where the depth is unobserved: E[sigmoid(logit + a * sd * u)], u ~ N(0, 1)."""
+    head = BernoulliHead()
+    decoder, h, library, centre, decoded = _decoded(head, library_sd=0.8)
+    _, logits = _bernoulli_expected(decoder, h, library, centre, decoded, _counts(7, binary=True))
+    unobserved = torch.tensor([True, False] * (N_CELLS // 2))
+    mean = head.predictive_mean(decoded, unobserved_depth=unobserved).detach().numpy()
+    slope = decoder.region_depth.detach().double().numpy() * 0.8
+    for i in range(N_CELLS):
+        for j in range(N_FEATURES):
+            if unobserved[i]:
+                expected = integrate.quad(
+                    lambda u, i=i, j=j: (
+                        stats.norm.pdf(u) / (1 + np.exp(-(logits[i, j] + slope[j] * u)))
+                    ),
+                    -12,
+                    12,
+                )[0]
+            else:
+                expected = 1 / (1 + np.exp(-logits[i, j]))
+            assert mean[i, j] == pytest.approx(expected, abs=2e-4)
+    assert ((mean > 0) & (mean < 1)).all()
+
+
+# ---------------------------------------------------------------------------- data
+@pytest.mark.parametrize("fmt", ["dense", "csr", "csc"])
+def test_bernoulli_prepare_binarises_counts_and_keeps_binary_data(fmt):
+    counts = _counts(8)
+    x = counts if fmt == "dense" else sparse.csr_matrix(counts).asformat(fmt)
+    head = BernoulliHead()
+    got = head.prepare(x)
+    dense = got.toarray() if sparse.issparse(got) else got
+    np.testing.assert_array_equal(dense, (counts > 0).astype(np.float32))
+    assert dense.dtype == np.float32
+    assert sparse.issparse(got) == sparse.issparse(x)
+    assert head.prepare(got) is got
+    np.testing.assert_allclose(head.column_means(x), (counts > 0).mean(0))
+
+
+@pytest.mark.parametrize("head", [PoissonHead(), NBHead(), ZINBHead()], ids=repr)
+def test_count_heads_keep_the_counts(head):
+    x = sparse.csr_matrix(_counts(9))
+    assert head.prepare(x) is x
+    np.testing.assert_allclose(head.column_means(x), x.toarray().mean(0))
+
+
+def test_encoder_reads_log1p_counts_and_raw_binary_peaks():
+    x = torch.as_tensor(_counts(10), dtype=torch.float32)
+    for layout in (x, x.to_sparse_csr()):
+        got = PoissonHead().encoder_input(layout)
+        torch.testing.assert_close(got.to_dense(), torch.log1p(x))
+        torch.testing.assert_close(BernoulliHead().encoder_input(layout).to_dense(), x)
+
+
+def test_initial_bias_is_the_average_profile():
+    mean = torch.tensor([0.0, 0.5, 0.25, 0.25], dtype=torch.float64)
+    decoder = nn.Module()
+    PoissonHead().build(decoder, 3, 4)
+    PoissonHead().init_bias(decoder, mean)
+    torch.testing.assert_close(
+        torch.softmax(decoder.head.bias.double(), 0), mean, atol=1e-7, rtol=0
+    )
+    decoder = nn.Module()
+    BernoulliHead().build(decoder, 3, 4)
+    BernoulliHead().init_bias(decoder, mean)
+    np.testing.assert_allclose(
+        torch.sigmoid(decoder.region_bias).detach().numpy(), mean.clamp(1e-5, 1).numpy(), rtol=1e-5
+    )
+
+
+def test_only_bernoulli_loadings_carry_the_loading_prior():
+    mods = {
+        "rna": ModalitySpec("X", 6, "nb"),
+        "atac": ModalitySpec("atac", 9, "bernoulli"),
+        "adt": ModalitySpec("adt", 4, "poisson"),
+    }
+    mod = MultiModalVAEModule(mods, n_latent=3, n_hidden=4, loading_prior_sd=0.5, n_obs=8)
+    decay = mod.loading_prior_decay()
+    assert len(decay) == 1
+    assert decay[0][0] is mod.decoders["atac"].head.weight
+    assert decay[0][1] == pytest.approx(1 / (0.25 * 8))
+
+
+# ---------------------------------------------------------------------------- a new likelihood
+class _GeometricHead(LikelihoodHead):
+    """A toy likelihood: negative binomial with dispersion fixed at 1 (geometric counts)."""
+
+    name = "geometric_toy"
+
+    def distribution(self, decoder, h, log_library, log_library_centre):
+        scale = torch.softmax(decoder.head(h), dim=-1)
+        mu = log_library.exp().unsqueeze(-1) * scale
+        return NegativeBinomial(mu=mu, theta=torch.ones_like(mu), scale=scale)
+
+    def log_likelihood(self, decoded, x, *, library, n_sampled=None):
+        return decoded[MODULE_KEYS.PX_KEY].log_prob(x.to_dense().float()).sum(-1)
+
+
+def test_a_new_likelihood_is_one_class(monkeypatch):
+    """Registering one head class is all a module needs to train and decode with it."""
+    from scgenvae.module import register_head
+
+    monkeypatch.setitem(HEADS, _GeometricHead.name, _GeometricHead)  # undone after the test
+    register_head(_GeometricHead)
+    mod = MultiModalVAEModule(
+        {"rna": ModalitySpec("X", 8, "geometric_toy")}, n_batch=2, n_latent=3, n_hidden=4
+    )
+    x = torch.as_tensor(_counts(11), dtype=torch.float32)
+    tensors = {"X": x.to_sparse_csr(), "batch": torch.tensor([[0], [1]] * (N_CELLS // 2))}
+    mod.init_feature_biases({"rna": x.numpy().mean(0)})
+    _, gen, losses = mod.forward(tensors, compute_loss=True)
+    assert torch.isfinite(losses.loss)
+    losses.loss.backward()
+    assert mod.decoders["rna"].head.weight.grad.abs().sum() > 0
+    # the decoder's output names its head: the spec's, the decoder's
+    assert gen["rna"][MODULE_KEYS.HEAD_KEY] is mod.modalities["rna"].head
+    assert isinstance(mod.decoders["rna"].likelihood, _GeometricHead)
+    px = gen["rna"][MODULE_KEYS.PX_KEY]
+    mu = px.mu.detach().double().numpy()
+    expected = stats.geom.logpmf(x.numpy() + 1, 1 / (1 + mu)).sum(1)  # failures before success
+    np.testing.assert_allclose(
+        -losses.reconstruction_loss["rna"].detach().numpy(), expected, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        gen["rna"][MODULE_KEYS.HEAD_KEY].predictive_mean(gen["rna"]).sum(-1).detach().numpy(),
+        1.0,
+        rtol=1e-6,
+    )
+
+
+def test_a_loading_prior_without_bernoulli_heads_is_no_term():
+    mod = MultiModalVAEModule(
+        {"rna": ModalitySpec("X", 8, "nb")}, n_latent=3, n_hidden=4, loading_prior_sd=0.5, n_obs=8
+    )
+    assert mod.loading_prior_decay() == []
+    x = torch.as_tensor(_counts(12), dtype=torch.float32)
+    _, _, losses = mod.forward({"X": x}, compute_loss=True)
+    assert torch.isfinite(losses.loss)
+    assert "loading_prior" not in losses.extra_metrics
