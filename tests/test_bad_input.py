@@ -815,9 +815,9 @@ CASES = [
     Case(
         "multi-getter-wrong-modality",
         _mdata,
-        lambda m, c: _multi_model().get_accessibility_estimates(m, use_modality="atac"),
+        lambda m, c: _multi_model().get_accessibility_estimates(m, modality="atac"),
         ValueError,
-        r"`use_modality='atac'` must be one of \['joint', 'rna'\]",
+        r"`modality='atac'` must be one of \['joint', 'rna'\]",
     ),
     Case(
         "multi-getter-unknown-transform-batch",

@@ -178,9 +178,9 @@ def test_expression_from_atac_does_not_read_the_rna(multi_model):
     """Mutant 3: expression "imputed from ATAC" computed from the cell's own RNA."""
     model, mdata = multi_model
     other = _permuted(mdata, "rna")
-    from_atac = model.get_normalized_expression(mdata, use_modality="atac")
+    from_atac = model.get_normalized_expression(mdata, modality="atac")
     np.testing.assert_allclose(
-        model.get_normalized_expression(other, use_modality="atac"), from_atac, rtol=1e-5
+        model.get_normalized_expression(other, modality="atac"), from_atac, rtol=1e-5
     )
     # the test can fail: the joint posterior does read the RNA
     joint = model.get_normalized_expression(mdata)
@@ -192,9 +192,9 @@ def test_accessibility_from_rna_does_not_read_the_atac(multi_model):
     """Mutant 3 (other direction): accessibility "imputed from RNA" reading the ATAC."""
     model, mdata = multi_model
     other = _permuted(mdata, "atac")
-    from_rna = model.get_accessibility_estimates(mdata, use_modality="rna")
+    from_rna = model.get_accessibility_estimates(mdata, modality="rna")
     np.testing.assert_allclose(
-        model.get_accessibility_estimates(other, use_modality="rna"), from_rna, rtol=1e-5
+        model.get_accessibility_estimates(other, modality="rna"), from_rna, rtol=1e-5
     )
     joint = model.get_accessibility_estimates(mdata)
     assert np.abs(model.get_accessibility_estimates(other) - joint).max() > 1e-3
@@ -445,7 +445,7 @@ def test_multivae_poisson_atac_gives_rates():
     model.train(max_epochs=3, seed=0, **QUIET)
     assert np.isfinite(model.history["elbo_train"]["elbo_train"].astype(float)).all()
     for use in ("joint", "rna"):
-        acc = model.get_accessibility_estimates(use_modality=use)
+        acc = model.get_accessibility_estimates(modality=use)
         assert acc.shape == (100, 60)
         assert np.isfinite(acc).all()
         assert (acc >= 0).all()

@@ -291,3 +291,25 @@ def test_train_prints_nothing_by_default(rna, capfd):
     assert err == ""
     others = [w for w in caught if "training check" not in str(w.message)]
     assert not others, [str(w.message) for w in others]
+
+
+def test_docstrings_have_no_placeholder_left():
+    """Shared parameter docs (scgenvae._docs) are filled in every public docstring."""
+    import inspect
+    import re
+
+    import scgenvae
+
+    left = []
+    for mod in (scgenvae.model, scgenvae.tl, scgenvae.pl, scgenvae.datasets, scgenvae.metrics):
+        for name, obj in vars(mod).items():
+            if name.startswith("_"):
+                continue
+            members = (
+                [obj, *(m for _, m in inspect.getmembers(obj))] if inspect.isclass(obj) else [obj]
+            )
+            for member in members:
+                doc = getattr(member, "__doc__", None) or ""
+                if re.search(r"^\s*\{\w+\}\s*$", doc, flags=re.M):
+                    left.append(f"{name}.{getattr(member, '__name__', '?')}")
+    assert not left

@@ -164,22 +164,11 @@ def health_report(
     report["modality_foscttm"] = None
     report["modality_foscttm_cells"] = None
     if len(modalities) > 1 and report["finite"]:
-        paired = np.asarray(paired_indices if paired_indices is not None else [], dtype=np.int64)
-        if paired.size >= 10:
-            if paired.size > N_CHECK_CELLS:
-                paired = np.sort(rng.choice(paired, size=N_CHECK_CELLS, replace=False))
-            a, b = (get_latent(indices=paired, modality=m) for m in modalities[:2])
-            report["modality_foscttm"] = float(metrics.foscttm(a, b))
-            report["modality_foscttm_cells"] = paired_cells
-            if report["modality_foscttm"] >= IGNORED_MODALITY_FOSCTTM:
-                problems.append(
-                    f"the modalities are not tied together: FOSCTTM between the {modalities[0]} "
-                    f"and {modalities[1]} latents of paired {paired_cells} cells is "
-                    f"{report['modality_foscttm']:.3f} (0 is a perfect match, 0.5 chance), so "
-                    "the joint latent follows one modality and cross-modal predictions are not "
-                    "to be trusted. Check that the modalities' cells are paired by the same "
-                    "obs names, then train longer or raise `alignment_weight`."
-                )
+        problem = _check_modalities(
+            report, get_latent, modalities, paired_indices, paired_cells, rng
+        )
+        if problem:
+            problems.append(problem)
     report["problems"] = problems
     return report
 
@@ -247,3 +236,27 @@ __all__ = [
     "stop_message",
     "warn_problems",
 ]
+
+
+def _check_modalities(
+    report: dict, get_latent, modalities, paired_indices, paired_cells: str, rng
+) -> str | None:
+    """Cross-modal FOSCTTM of paired cells into ``report``; the problem it shows, if any."""
+    paired = np.asarray(paired_indices if paired_indices is not None else [], dtype=np.int64)
+    if paired.size < 10:
+        return None
+    if paired.size > N_CHECK_CELLS:
+        paired = np.sort(rng.choice(paired, size=N_CHECK_CELLS, replace=False))
+    a, b = (get_latent(indices=paired, modality=m) for m in modalities[:2])
+    report["modality_foscttm"] = float(metrics.foscttm(a, b))
+    report["modality_foscttm_cells"] = paired_cells
+    if report["modality_foscttm"] < IGNORED_MODALITY_FOSCTTM:
+        return None
+    return (
+        f"the modalities are not tied together: FOSCTTM between the {modalities[0]} "
+        f"and {modalities[1]} latents of paired {paired_cells} cells is "
+        f"{report['modality_foscttm']:.3f} (0 is a perfect match, 0.5 chance), so "
+        "the joint latent follows one modality and cross-modal predictions are not "
+        "to be trusted. Check that the modalities' cells are paired by the same "
+        "obs names, then train longer or raise `alignment_weight`."
+    )

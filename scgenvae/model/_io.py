@@ -293,3 +293,128 @@ def convert_legacy(
         "train_seed": None,
     }
     write_model(output_dir_path, meta=meta, state_dict=payload["state_dict"], overwrite=overwrite)
+
+
+class SaveLoadMixin:
+    """``save``/``load`` of scgenvae models in the format above, and scvi-tools' file helpers."""
+
+    def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Save the model into the folder ``dir_path`` (``model.pt`` and ``model.json``).
+
+        ``model.pt`` holds the module's tensors only and ``model.json`` everything else, so a
+        model file never runs code when it is loaded (see the user guide's page on saving
+        models). Both files are written atomically.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write; created if missing.
+        overwrite
+            Replace an existing model in ``dir_path``.
+        """
+        meta = {
+            "model_class": type(self).__name__,
+            "init_params": self._init_kwargs,
+            "module_kwargs": self._module_kwargs,
+            "setup_args": self._setup_args,
+            "registry": self.adata_manager._registry,
+            "features": {m: list(v) for m, v in self._features.items()},
+            "is_trained": bool(self.is_trained_),
+            "history": history_to_json(self.history_),
+            "training_report": self.training_report,
+            "train_seed": getattr(self, "_train_seed", None),
+        }
+        write_model(dir_path, meta=meta, state_dict=self.module.state_dict(), overwrite=overwrite)
+
+    @classmethod
+    def load(cls, dir_path: str | os.PathLike, data, *, accelerator: str = "cpu"):
+        """Load a model saved with :meth:`save` and attach it to ``data``.
+
+        ``data`` must have the training features; categories of batch and covariates are mapped
+        as in training. The user's object is not modified. Reading the files runs no code from
+        them; a folder saved by scgenvae 0.1 is refused with the way to convert it.
+
+        Parameters
+        ----------
+        dir_path
+            Folder given to :meth:`save`.
+        data
+            AnnData/MuData to attach (set up with the saved arguments automatically).
+        accelerator
+            ``"cpu"`` or ``"gpu"``: where to put the module.
+        """
+        meta, state = read_model(dir_path)
+        target = Path(dir_path) / META_FILE
+        if meta.get("model_class") != cls.__name__:
+            msg = f"{target} holds a {meta.get('model_class')}; load it with that class."
+            raise ValueError(msg)
+        getattr(cls, cls._setup_method)(data, **meta["setup_args"])
+        features = cls._feature_names(data, meta["setup_args"])
+        for m, names in meta["features"].items():
+            if list(features[m]) != list(names):
+                msg = (
+                    f"{m}: the saved model expects {len(names):,} features in the trained order, "
+                    f"the data has {len(features[m]):,} (or other names/order); subset with "
+                    "`data[:, names]`."
+                )
+                raise ValueError(msg)
+        cls._remember_setup(data, meta["setup_args"], source_registry=meta["registry"])
+        model = cls(data, **meta["init_params"])
+        try:
+            model.module.load_state_dict(state)
+        except RuntimeError as err:
+            msg = f"{Path(dir_path) / MODEL_FILE} does not fit the saved architecture ({err})."
+            raise ValueError(msg) from err
+        model.module.to("cuda" if accelerator == "gpu" else "cpu")
+        model.module.eval()
+        model.is_trained_ = bool(meta["is_trained"])
+        model.history_ = history_from_json(meta.get("history") or {})
+        model.training_report = meta.get("training_report")
+        model._train_seed = meta.get("train_seed")
+        return model
+
+    @classmethod
+    def load_registry(cls, dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
+        """The data registry of a saved model (as scvi-tools' ``load_registry``).
+
+        Parameters
+        ----------
+        dir_path
+            Folder given to :meth:`save`.
+        prefix
+            Not used by scgenvae's files; must be ``None``.
+        """
+        if prefix is not None:
+            msg = "`prefix` is not used by scgenvae model files; pass the folder only."
+            raise ValueError(msg)
+        return read_meta(dir_path)["registry"]
+
+    @classmethod
+    def convert_legacy_save(
+        cls,
+        dir_path: str | os.PathLike,
+        output_dir_path: str | os.PathLike,
+        overwrite: bool = False,  # noqa: FBT001, FBT002 - scvi-tools' signature
+        prefix: str | None = None,
+        *,
+        trust_file: bool = False,
+    ) -> None:
+        """Convert a model saved by scgenvae 0.1 (see :func:`scgenvae.model.convert_legacy_model`).
+
+        Parameters
+        ----------
+        dir_path
+            Folder of the old model.
+        output_dir_path
+            Folder to write the converted model to.
+        overwrite
+            Replace a model already in ``output_dir_path``.
+        prefix
+            Not used by scgenvae's files; must be ``None``.
+        trust_file
+            Must be ``True``: the old file is unpickled, which runs any code it holds.
+        """
+        if prefix is not None:
+            msg = "`prefix` is not used by scgenvae model files; pass the folder only."
+            raise ValueError(msg)
+        convert_legacy(dir_path, output_dir_path, trust_file=trust_file, overwrite=overwrite)

@@ -13,7 +13,9 @@ from mudata import MuData
 from scipy import sparse
 from scvi.data.fields import LayerField, ObsmField
 
+from scgenvae import _docs
 from scgenvae._constants import REGISTRY_KEYS
+from scgenvae._docs import doc_params
 from scgenvae.module import ModalitySpec, get_head, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
@@ -121,6 +123,46 @@ def _column(
     raise KeyError(msg)
 
 
+def _check_init_args(
+    rna_likelihood: str, atac_likelihood: str, n_sampled_peaks, modality_dropout: float
+) -> None:
+    """Refuse MultiVAE arguments out of their range, naming the argument."""
+    if rna_likelihood not in ("poisson", "nb"):
+        msg = f"`rna_likelihood` must be 'poisson' or 'nb', got {rna_likelihood!r}."
+        raise ValueError(msg)
+    if atac_likelihood not in ("bernoulli", "poisson"):
+        msg = f"`atac_likelihood` must be 'bernoulli' or 'poisson', got {atac_likelihood!r}."
+        raise ValueError(msg)
+    if n_sampled_peaks is not None and (
+        isinstance(n_sampled_peaks, bool)
+        or not isinstance(n_sampled_peaks, int | np.integer)
+        or n_sampled_peaks < 1
+    ):
+        msg = (
+            "`n_sampled_peaks` must be a positive number of peaks or None (score all peaks), "
+            f"got {n_sampled_peaks!r}."
+        )
+        raise ValueError(msg)
+    if not 0 <= modality_dropout < 0.5:
+        msg = f"`modality_dropout` must be in [0, 0.5), got {modality_dropout}."
+        raise ValueError(msg)
+
+
+def _check_covariates(args: dict, obs: pd.DataFrame, mods: list, cells: pd.Index) -> None:
+    """Every covariate is found for every cell; continuous ones are finite numbers."""
+    keys = [k for k in [args["batch_key"], *(args["categorical_covariate_keys"] or [])] if k]
+    cont = args["continuous_covariate_keys"] or []
+    frame = pd.DataFrame({k: _column(k, obs, mods, cells) for k in [*keys, *cont]}, index=cells)
+    for k in [*keys, *cont]:
+        if frame[k].isna().any():
+            msg = (
+                f"covariate {k!r} is missing for {int(frame[k].isna().sum())} cells; fill it "
+                "in mdata.obs."
+            )
+            raise ValueError(msg)
+    check_continuous(frame, cont, where="mdata.obs")
+
+
 class MultiVAE(BaseScgenvaeModel):
     """Multimodal VAE for paired single-cell RNA + ATAC with one joint latent.
 
@@ -173,7 +215,7 @@ class MultiVAE(BaseScgenvaeModel):
     >>> model = scgenvae.model.MultiVAE(mdata)
     >>> model.train()
     >>> model.export_latent(mdata)  # mdata.obsm["X_scgenvae"]
-    >>> acc = model.get_accessibility_estimates(use_modality="rna")  # ATAC from RNA alone
+    >>> acc = model.get_accessibility_estimates(modality="rna")  # ATAC from RNA alone
     """
 
     _setup_method = "setup_mudata"
@@ -202,25 +244,7 @@ class MultiVAE(BaseScgenvaeModel):
         n_clusters: int | None = None,
         straight_through: bool = False,
     ):
-        if rna_likelihood not in ("poisson", "nb"):
-            msg = f"`rna_likelihood` must be 'poisson' or 'nb', got {rna_likelihood!r}."
-            raise ValueError(msg)
-        if atac_likelihood not in ("bernoulli", "poisson"):
-            msg = f"`atac_likelihood` must be 'bernoulli' or 'poisson', got {atac_likelihood!r}."
-            raise ValueError(msg)
-        if n_sampled_peaks is not None and (
-            isinstance(n_sampled_peaks, bool)
-            or not isinstance(n_sampled_peaks, int | np.integer)
-            or n_sampled_peaks < 1
-        ):
-            msg = (
-                "`n_sampled_peaks` must be a positive number of peaks or None (score all peaks), "
-                f"got {n_sampled_peaks!r}."
-            )
-            raise ValueError(msg)
-        if not 0 <= modality_dropout < 0.5:
-            msg = f"`modality_dropout` must be in [0, 0.5), got {modality_dropout}."
-            raise ValueError(msg)
+        _check_init_args(rna_likelihood, atac_likelihood, n_sampled_peaks, modality_dropout)
         self._atac_likelihood = atac_likelihood
         self._init_data(mdata)
         self._init_kwargs = {
@@ -338,17 +362,7 @@ class MultiVAE(BaseScgenvaeModel):
                 scans.get((name, layer, counts), x, where=where, counts=counts)
             else:
                 check_values(x, where=where, counts=counts)
-        mods = [(rna_mod, rna), (atac_mod, atac)]
-        keys = [k for k in [batch_key, *(args["categorical_covariate_keys"] or [])] if k]
-        cont = args["continuous_covariate_keys"] or []
-        frame = pd.DataFrame(
-            {k: _column(k, obs, mods, cells) for k in [*keys, *cont]}, index=cells
-        )
-        for k in [*keys, *cont]:
-            if frame[k].isna().any():
-                msg = f"covariate {k!r} is missing for {int(frame[k].isna().sum())} cells; fill it in mdata.obs."
-                raise ValueError(msg)
-        check_continuous(frame, cont, where="mdata.obs")
+        _check_covariates(args, obs, [(rna_mod, rna), (atac_mod, atac)], cells)
         n_only = int(((rows_rna >= 0) ^ (rows_atac >= 0)).sum())
         if n_only:
             logger.info("%d cells have only one modality; they are embedded from it", n_only)
@@ -533,40 +547,50 @@ class MultiVAE(BaseScgenvaeModel):
             out.append((mod, cells.get_indexer(mod.obs_names)))
         return out
 
-    def _use(self, use_modality: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
-        if use_modality not in allowed:
-            msg = f"`use_modality={use_modality!r}` must be one of {list(allowed)}."
+    def _use(
+        self, modality: str, allowed: tuple[str, ...], use_modality: str | None = None
+    ) -> tuple[str, ...] | None:
+        if use_modality is not None:  # the name of scgenvae 0.1
+            warnings.warn(
+                "`use_modality` is now `modality` (as in `get_latent_representation`); the old "
+                "name will be removed.",
+                FutureWarning,
+                stacklevel=3,
+            )
+            modality = use_modality
+        if modality not in allowed:
+            msg = f"`modality={modality!r}` must be one of {list(allowed)}."
             raise ValueError(msg)
-        return None if use_modality == "joint" else (use_modality,)
+        return None if modality == "joint" else (modality,)
 
+    @doc_params(**_docs.getter)
     def get_normalized_expression(
         self,
         mdata: MuData | None = None,
         *,
-        use_modality: Literal["joint", "atac"] = "joint",
+        modality: Literal["joint", "atac"] = "joint",
         indices: Sequence[int] | None = None,
         transform_batch: str | None = None,
         batch_size: int | None = None,
+        use_modality: str | None = None,
     ) -> np.ndarray:
         """Normalised expression (cells x genes, rows sum to 1).
 
-        ``use_modality="atac"`` encodes each cell from its ATAC alone: expression imputed from
+        ``modality="atac"`` encodes each cell from its ATAC alone: expression imputed from
         chromatin accessibility.
 
         Parameters
         ----------
-        mdata
-            Data set up like the training data (``None``: training data); may be new cells.
+        {mdata}
+        modality
+            Encoder(s) used: ``"joint"`` or ``"atac"`` (the name of every getter's argument).
+        {indices}
+        {transform_batch}
+        {batch_size}
         use_modality
-            Encoder(s) used: ``"joint"`` or ``"atac"``.
-        indices
-            Cells to use.
-        transform_batch
-            Decode under this batch.
-        batch_size
-            Minibatch size.
+            Former name of ``modality`` (deprecated).
         """
-        use = self._use(use_modality, ("joint", "atac"))
+        use = self._use(modality, ("joint", "atac"), use_modality)
         return self._decode(
             mdata,
             indices=indices,
@@ -575,35 +599,35 @@ class MultiVAE(BaseScgenvaeModel):
             batch_size=batch_size,
         )["rna"]
 
+    @doc_params(**_docs.getter)
     def get_accessibility_estimates(
         self,
         mdata: MuData | None = None,
         *,
-        use_modality: Literal["joint", "rna"] = "joint",
+        modality: Literal["joint", "rna"] = "joint",
         indices: Sequence[int] | None = None,
         transform_batch: str | None = None,
         batch_size: int | None = None,
+        use_modality: str | None = None,
     ) -> np.ndarray:
         """Probability that each peak is accessible (cells x peaks).
 
-        With ``use_modality="rna"`` each cell is encoded from its RNA alone and its ATAC depth
+        With ``modality="rna"`` each cell is encoded from its RNA alone and its ATAC depth
         is predicted from the latent: accessibility imputed from expression (nothing of the
         cell's ATAC is used). With ``"joint"`` the observed depth is used where there is one.
 
         Parameters
         ----------
-        mdata
-            Data set up like the training data (``None``: training data); may be new cells.
+        {mdata}
+        modality
+            Encoder(s) used: ``"joint"`` or ``"rna"`` (the name of every getter's argument).
+        {indices}
+        {transform_batch}
+        {batch_size}
         use_modality
-            Encoder(s) used: ``"joint"`` or ``"rna"``.
-        indices
-            Cells to use.
-        transform_batch
-            Decode under this batch.
-        batch_size
-            Minibatch size.
+            Former name of ``modality`` (deprecated).
         """
-        use = self._use(use_modality, ("joint", "rna"))
+        use = self._use(modality, ("joint", "rna"), use_modality)
         return self._decode(
             mdata,
             indices=indices,

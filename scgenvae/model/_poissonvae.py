@@ -10,7 +10,9 @@ from anndata import AnnData
 from scipy import sparse
 from scvi.data.fields import LayerField
 
+from scgenvae import _docs
 from scgenvae._constants import REGISTRY_KEYS
+from scgenvae._docs import doc_params
 from scgenvae.module import ModalitySpec, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
@@ -250,6 +252,7 @@ class PoissonVAE(BaseScgenvaeModel):
         )
         return internal, ({} if source is None else {REGISTRY_KEYS.X_KEY: source})
 
+    @doc_params(**_docs.getter)
     def get_normalized_expression(
         self,
         adata: AnnData | None = None,
@@ -263,18 +266,13 @@ class PoissonVAE(BaseScgenvaeModel):
 
         Parameters
         ----------
-        adata
-            Data set up like the training data (``None``: the training data).
-        indices
-            Cells to use.
-        transform_batch
-            Decode every cell as if it came from this batch (batch correction, or the same
-            cells seen through another protocol).
+        {adata}
+        {indices}
+        {transform_batch}
         library_size
             Scale of each row: a number (rows sum to it), or ``"latent"`` for the observed
             library size of each cell (expected counts).
-        batch_size
-            Minibatch size.
+        {batch_size}
         """
         scale = self._decode(
             adata, indices=indices, transform_batch=transform_batch, batch_size=batch_size

@@ -10,9 +10,13 @@ after the set-up is never taken as validated.
 from __future__ import annotations
 
 import copy
+import re
+import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+
+from scgenvae._constants import REGISTRY_KEYS
 
 from ._validate import fingerprint, scan_matrix
 
@@ -97,3 +101,44 @@ def remember(
 def recall(data, model_class: str) -> SetupSpec | None:
     """The set-up of ``data`` for ``model_class``, if it was set up."""
     return (getattr(data, _ATTR, None) or {}).get(model_class)
+
+
+def category_keys(args: dict) -> dict[str, str | None]:
+    """Registry key -> user obs column of the single-column categorical fields."""
+    return {
+        REGISTRY_KEYS.BATCH_KEY: args.get("batch_key"),
+        REGISTRY_KEYS.LABELS_KEY: args.get("labels_key"),
+    }
+
+
+_SMALL_CATEGORY = re.compile(
+    r"Category (\S+) in adata\.obs\['_scvi_(\w+)'\] has fewer than 3 cells"
+)
+
+
+def restate_small_categories(
+    caught: list[warnings.WarningMessage], manager, args: dict, *, training: bool
+) -> None:
+    """Re-emit warnings caught while registering, restating scvi's small-category notice.
+
+    scvi-tools warns about categories with fewer than 3 cells naming its internal column
+    (``_scvi_batch``); for training data the warning is restated with the user's column and
+    category, for new data (nothing is trained on it) it is dropped.
+    """
+    for w in caught:
+        match = _SMALL_CATEGORY.search(str(w.message))
+        if match is None:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
+        col = category_keys(args).get(match.group(2))
+        if not training or col is None:
+            continue
+        mapping = manager.get_state_registry(match.group(2)).categorical_mapping
+        code = int(match.group(1)) if match.group(1).isdigit() else -1
+        name = mapping[code] if 0 <= code < len(mapping) else match.group(1)
+        warnings.warn(
+            f"category {name!r} of adata.obs[{col!r}] has fewer than 3 cells; the model "
+            "learns little about it (merge it into another category or drop these cells).",
+            UserWarning,
+            stacklevel=4,
+        )
