@@ -40,7 +40,7 @@ from scgenvae._settings import settings
 from ._compat import ScviCompatMixin
 from ._data import (
     BlockMinibatchIterable,
-    InMemoryDataSplitter,
+    CellDataSplitter,
     MinibatchIterable,
     RowSource,
     registry_arrays,
@@ -106,7 +106,7 @@ class BaseScgenvaeModel(
     """Shared user-facing machinery of scgenvae models (not used directly)."""
 
     _training_plan_cls = ScgenvaeTrainingPlan
-    _data_splitter_cls = InMemoryDataSplitter
+    _data_splitter_cls = CellDataSplitter
     #: registry keys handed to the module as sparse CSR minibatches when the data are sparse
     #: (the module's first layers and likelihoods work on the non-zeros); others are dense
     _sparse_keys: ClassVar[frozenset[str]] = frozenset({REGISTRY_KEYS.X_KEY})

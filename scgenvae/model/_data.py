@@ -365,8 +365,8 @@ class BlockMinibatchIterable(MinibatchIterable):
             yield out
 
 
-class InMemoryDataSplitter(LightningDataModule):
-    """Train/validation/test split of cells with in-memory minibatches.
+class CellDataSplitter(LightningDataModule):
+    """Train/validation/test split of cells; minibatches from memory or streamed from disk.
 
     Drop-in for :class:`scvi.dataloaders.DataSplitter` (same leading arguments, and the
     ``train_idx``/``val_idx``/``test_idx``/``n_train``/``n_val`` attributes scvi-tools reads).

@@ -14,29 +14,23 @@ def csr_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return x.crow_indices(), x.col_indices(), x.values()
 
 
-class _TransposeCache:
-    """The transposed sparsity pattern of the last minibatch seen (one entry).
+#: attribute of a sparse minibatch tensor holding its transposed sparsity patterns
+_CACHE_ATTR = "_scgenvae_transposed"
+
+
+def _pattern_cache(x: torch.Tensor) -> dict:
+    """The transposed patterns computed for the minibatch ``x``, kept on ``x`` itself.
 
     Within a training step the same CSR minibatch enters several products (the encoder's first
     layer and the likelihood's accessible-peak sums), and each needs its transpose in the
-    backward pass. The entry holds references to the index tensors it was computed from, so
-    their memory cannot be reused by another minibatch while it is cached.
+    backward pass: it is computed once and lives as long as the minibatch does (nothing is
+    kept between minibatches or keyed by memory addresses).
     """
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._refs: tuple | None = None
-        self._value: tuple | None = None
-
-    def get(self, crow: torch.Tensor, cols: torch.Tensor, n_features: int):
-        key = (crow.data_ptr(), crow.numel(), cols.data_ptr(), cols.numel(), n_features)
-        if key != self._key:
-            self._value = _transpose_pattern(crow, cols, n_features)
-            self._key, self._refs = key, (crow, cols)
-        return self._value
-
-    def clear(self) -> None:
-        self._key = self._refs = self._value = None
+    cache = getattr(x, _CACHE_ATTR, None)
+    if cache is None:
+        cache = {}
+        setattr(x, _CACHE_ATTR, cache)
+    return cache
 
 
 def _transpose_pattern(crow: torch.Tensor, cols: torch.Tensor, n_features: int):
@@ -65,9 +59,6 @@ def _transpose_pattern(crow: torch.Tensor, cols: torch.Tensor, n_features: int):
     return order, rows[order], torch.cumsum(counts, 0) - counts
 
 
-_TRANSPOSED = _TransposeCache()
-
-
 class _CSRMatmul(torch.autograd.Function):
     """``x @ weight`` for a CSR ``x`` (data: no gradient), ``weight`` features x outputs.
 
@@ -80,9 +71,10 @@ class _CSRMatmul(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, crow, cols, vals):
+    def forward(ctx, weight, crow, cols, vals, cache):
         ctx.save_for_backward(crow, cols, vals)
         ctx.n_features = weight.shape[0]
+        ctx.cache = cache
         return F.embedding_bag(
             cols, weight, offsets=crow[:-1], mode="sum", per_sample_weights=vals.to(weight.dtype)
         )
@@ -90,9 +82,11 @@ class _CSRMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None, None, None, None
         crow, cols, vals = ctx.saved_tensors
-        order, rows, offsets = _TRANSPOSED.get(crow, cols, ctx.n_features)
+        if ctx.n_features not in ctx.cache:
+            ctx.cache[ctx.n_features] = _transpose_pattern(crow, cols, ctx.n_features)
+        order, rows, offsets = ctx.cache[ctx.n_features]
         grad_weight = F.embedding_bag(
             rows,
             grad.contiguous(),
@@ -100,7 +94,7 @@ class _CSRMatmul(torch.autograd.Function):
             mode="sum",
             per_sample_weights=vals.index_select(0, order).to(grad.dtype),
         )
-        return grad_weight, None, None, None
+        return grad_weight, None, None, None, None
 
 
 def csr_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -109,7 +103,7 @@ def csr_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     The cost is proportional to the non-zeros of ``x`` in both passes; nothing is densified.
     """
     crow, cols, vals = csr_parts(x)
-    return _CSRMatmul.apply(weight, crow, cols, vals)
+    return _CSRMatmul.apply(weight, crow, cols, vals, _pattern_cache(x))
 
 
 __all__ = ["csr_matmul", "csr_parts"]
