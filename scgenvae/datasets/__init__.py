@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from scgenvae._files import data_dir
+
 from ._bundled import (
     cellbench,
-    data_dir,
     fucci_ipsc,
     pbmc_multiome_subset,
     scicar_a549,

@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anndata as ad
 
+from scgenvae._files import bundled_path as _path
+from scgenvae._files import tricycle_reference_table
 from scgenvae._quiet import quiet
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mudata import MuData
-
-_FILES = {
-    "scicar_a549": "sciCAR_A549_scAI.h5mu",
-    "pbmc_multiome_subset": "pbmc10k_multiome_subset.h5mu",
-    "fucci_ipsc": "fucci_ipsc_dev.h5ad",
-    "cellbench": "cellbench_3lines_2protocols.h5ad",
-    "tricycle_neurosphere": "tricycle_neurosphere_example.h5ad",
-    "tricycle_reference": "neuroRef_projection.csv.gz",
-}
-
-
-def data_dir() -> Path:
-    """Folder of the bundled data: ``$SCGENVAE_DATA_DIR`` if set, else the repository's ``data/``."""
-    env = os.environ.get("SCGENVAE_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "data"
-
-
-def _path(name: str) -> Path:
-    path = data_dir() / _FILES[name]
-    if not path.exists():
-        msg = (
-            f"bundled data file {_FILES[name]!r} not found at {path}. Put it in the "
-            "repository's data/ folder (see data/README.md for its source) or set "
-            "SCGENVAE_DATA_DIR to the folder that holds it; nothing is downloaded."
-        )
-        raise FileNotFoundError(msg)
-    return path
 
 
 def _unreadable(path: Path, err: Exception) -> ValueError:
@@ -123,6 +96,4 @@ def tricycle_neurosphere() -> ad.AnnData:
 
 def tricycle_reference():
     """Tricycle's reference loadings: 500 mouse genes, columns `pc1.rot`, `pc2.rot`, `ensembl`, `symbol`, `SYMBOL`."""
-    import pandas as pd
-
-    return pd.read_csv(_path("tricycle_reference"), index_col=0)
+    return tricycle_reference_table()

@@ -61,7 +61,7 @@ def synthetic_cell_cycle(
     ``obs["true_phase"]``, ``obs["group"]`` and ``var["kind"]`` (``S``, ``G2M``, ``cyclic``,
     ``group``).
     """
-    from scgenvae.tl._markers import G2M_GENES, S_GENES
+    from scgenvae._markers import G2M_GENES, S_GENES
 
     from ._synthetic import check_sizes
 

@@ -40,7 +40,7 @@ def _details(adata, key: str) -> dict:
 
 def _phase_bands(ax: Axes, details: dict, *, alpha: float = 0.12) -> None:
     """Shade the G1/S/G2M arcs of the smoothed scores along the angle axis."""
-    from scgenvae.tl._cell_cycle import _phase_of
+    from scgenvae._markers import phase_of as _phase_of
 
     prof = details.get("profile")
     if prof is None:
@@ -64,7 +64,7 @@ def _phase_bands(ax: Axes, details: dict, *, alpha: float = 0.12) -> None:
 
 
 def _smooth(angle: np.ndarray, values: np.ndarray, bandwidth: float, n: int = 200):
-    from scgenvae.tl._cell_cycle import _smooth_profile
+    from scgenvae._circular import smooth_profile as _smooth_profile
 
     grid = np.linspace(0, TWO_PI, n)
     ok = np.isfinite(angle) & np.isfinite(values)
@@ -198,7 +198,9 @@ def cell_cycle(
 
 
 def _expression(adata: AnnData, genes: Sequence[str], gene_symbols: str | None, layer: str | None):
-    from scgenvae.tl._score import _looks_like_counts, _matrix, _symbol_index
+    from scgenvae._anndata import looks_like_counts as _looks_like_counts
+    from scgenvae._anndata import matrix_of as _matrix
+    from scgenvae._anndata import symbol_index as _symbol_index
 
     lookup = _symbol_index(adata, gene_symbols)
     missing = [g for g in genes if g not in lookup.index]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from scgenvae._circular import best_shift, circular_correlation, circular_distance, circular_error
+from scgenvae._markers import G2M_GENES, S_GENES, cell_cycle_genes
+
 from ._baselines import cell_cycle_angle_baseline
 from ._cell_cycle import align_cell_cycle, cell_cycle_direction, marker_peaks
-from ._circular import best_shift, circular_correlation, circular_distance, circular_error
-from ._markers import G2M_GENES, S_GENES, cell_cycle_genes
 from ._score import marker_var_names, score_cell_cycle
 from ._traversal import latent_traversal
 

@@ -7,8 +7,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import sparse
 
-from ._circular import wrap_angle
-from ._score import _looks_like_counts, _matrix, _symbol_index, score_cell_cycle
+from scgenvae._anndata import looks_like_counts as _looks_like_counts
+from scgenvae._anndata import matrix_of as _matrix
+from scgenvae._anndata import symbol_index as _symbol_index
+from scgenvae._circular import wrap_angle
+
+from ._score import score_cell_cycle
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,9 +112,9 @@ def cell_cycle_angle_baseline(
         return wrap_angle(np.arctan2(g - g.mean(), s - s.mean()))
     if method == "tricycle":
         if reference is None:
-            from scgenvae.datasets import tricycle_reference
+            from scgenvae._files import tricycle_reference_table
 
-            reference = tricycle_reference()
+            reference = tricycle_reference_table()
         ref = reference.copy()
         ref["key"] = ref["symbol"].astype(str)
         if organism == "human":

@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from ._circular import TWO_PI, circular_distance, circular_mean, wrap_angle
+from scgenvae._circular import TWO_PI, circular_distance, circular_mean, wrap_angle
+from scgenvae._circular import smooth_profile as _smooth_profile
+from scgenvae._markers import phase_of as _phase_of
+
 from ._score import PHASES, score_cell_cycle
 
 if TYPE_CHECKING:
@@ -368,22 +371,6 @@ def cell_cycle_direction(
     """
     d = _direction_details(angle, s_score, g2m_score, library, n_boot=0)
     return d["direction"], d["evidence"]
-
-
-def _smooth_profile(
-    angle: np.ndarray, values: np.ndarray, grid: np.ndarray, bandwidth: float
-) -> np.ndarray:
-    """Von Mises kernel regression of ``values`` on ``angle``, evaluated on ``grid``."""
-    kappa = 1.0 / bandwidth**2
-    w = np.exp(kappa * (np.cos(grid[:, None] - angle[None, :]) - 1.0))
-    return (w @ values) / np.maximum(w.sum(1), 1e-300)
-
-
-def _phase_of(s: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Apply scanpy's rule: G1 if both scores are negative, else the larger of S and G2M."""
-    out = np.where(s >= g, "S", "G2M").astype(object)
-    out[(s < 0) & (g < 0)] = "G1"
-    return out
 
 
 def _longest_arc_start(mask: np.ndarray) -> int | None:

@@ -10,7 +10,10 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from ._markers import UPDATED_SYMBOLS, cell_cycle_genes
+from scgenvae._anndata import looks_like_counts as _looks_like_counts
+from scgenvae._anndata import matrix_of as _matrix
+from scgenvae._anndata import symbol_index as _symbol_index
+from scgenvae._markers import UPDATED_SYMBOLS, cell_cycle_genes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,45 +26,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PHASES = ("G1", "S", "G2M")
-
-
-def _matrix(adata: AnnData, layer: str | None):
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
-        msg = f"`layer={layer!r}` not found in adata.layers; available: {list(adata.layers)}."
-        raise KeyError(msg)
-    return adata.layers[layer]
-
-
-def _looks_like_counts(x) -> bool:
-    """Non-negative and integer-valued, or with values too large for log-normalised data."""
-    vals = x.data if sparse.issparse(x) else np.asarray(x).ravel()
-    vals = vals[:200_000]
-    if vals.size == 0:
-        return False
-    if vals.min() < 0:
-        return False
-    return bool(np.allclose(vals, np.round(vals)) or vals.max() > 20)
-
-
-def _symbol_index(adata: AnnData, gene_symbols: str | None) -> pd.Series:
-    """Map symbol -> var_name (first occurrence of each symbol)."""
-    if gene_symbols is None:
-        symbols = pd.Series(adata.var_names, index=adata.var_names)
-    else:
-        if gene_symbols not in adata.var:
-            msg = (
-                f"`gene_symbols={gene_symbols!r}` not found in adata.var; "
-                f"available: {list(adata.var.columns)}."
-            )
-            raise KeyError(msg)
-        symbols = pd.Series(
-            adata.var[gene_symbols].astype(object).to_numpy(), index=adata.var_names
-        )
-    symbols = symbols[symbols.notna()].astype(str)
-    symbols = symbols[~symbols.duplicated()]
-    return pd.Series(symbols.index, index=symbols.to_numpy())
 
 
 def _find(markers: Sequence[str], lookup: pd.Series, organism: str) -> list[str]:

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._cell_cycle import _get_rep, _phase_of
-from ._circular import TWO_PI
+from scgenvae._circular import TWO_PI
+from scgenvae._markers import phase_of as _phase_of
+
+from ._cell_cycle import _get_rep
 from ._score import PHASES
 
 if TYPE_CHECKING:
