@@ -579,14 +579,14 @@ class BaseScgenvaeModel(
             msg = "`data` is a view; pass `data.copy()` (a view cannot be annotated in place)."
             raise ValueError(msg)
         clusters = bool(getattr(self.module.prior, "n_clusters", None))
-        check_latent_write(  # before any computation: a refused key costs nothing
-            data,
-            self._latent_targets(data),
-            key_added=key_added,
-            cluster_key_added=cluster_key_added,
-            cluster_probs_key_added=cluster_probs_key_added,
-            clusters=clusters,
-        )
+        keys = {
+            "key_added": key_added,
+            "cluster_key_added": cluster_key_added,
+            "cluster_probs_key_added": cluster_probs_key_added,
+        }
+        targets = self._latent_targets(data)
+        # before any computation: a refused key costs nothing
+        check_latent_write(data, targets, clusters=clusters, **keys)
         latent = self.get_latent_representation(data, give_mean=give_mean)
         probs = None
         if clusters:
@@ -597,16 +597,7 @@ class BaseScgenvaeModel(
             "give_mean": bool(give_mean),
             "seed": -1 if getattr(self, "_train_seed", None) is None else int(self._train_seed),
         }
-        uns_key = write_latent(
-            data,
-            self._latent_targets(data),
-            latent=latent,
-            probs=probs,
-            key_added=key_added,
-            cluster_key_added=cluster_key_added,
-            cluster_probs_key_added=cluster_probs_key_added,
-            params=params,
-        )
+        uns_key = write_latent(data, targets, latent=latent, probs=probs, params=params, **keys)
         logger.info("added obsm[%r] and uns[%r]['params']", key_added, uns_key)
 
 
