@@ -61,7 +61,9 @@ def main(argv: list[str]) -> int:
         by_kind[kind].append(name)
     print("\ncheck-quality-tests: models trained for 1 epoch")
     for name, (kind, message) in sorted(outcomes.items()):
-        verdict = {"failure": "failed (good)", "passed": "PASSED", "error": "ERROR"}.get(kind, kind)
+        verdict = {"failure": "failed (good)", "passed": "PASSED", "error": "ERROR"}.get(
+            kind, kind
+        )
         print(f"  {verdict:<14} {name}  {message}")
     n_failed, bad = len(by_kind["failure"]), by_kind["passed"] + by_kind["error"]
     print(
