@@ -62,7 +62,13 @@ def test_mixture_prior_kl_terms():
     assert out["kl_z"].shape == (3,)
 
 
+@pytest.mark.quality
 def test_poissonvae_clusters_synthetic_groups(adata, quiet):
+    """The model's own clusters (n_clusters=3, 80 epochs) find the 3 synthetic groups.
+
+    Figure: ARI 1.000, 0.987, 0.968 on seeds 0, 1, 2 (range 0.032); 1 epoch: 0.33. Bar: the
+    lowest seed minus twice the seed range, 0.968 - 0.064 = 0.904 -> ARI > 0.9.
+    """
     PoissonVAE.setup_anndata(adata, batch_key="batch")
     model = PoissonVAE(adata, n_latent=4, n_clusters=3)
     model.train(max_epochs=80, seed=0, **quiet)
