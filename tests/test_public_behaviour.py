@@ -208,3 +208,23 @@ def test_demo_subcommand_runs_every_part_and_lists_the_files(tmp_path, capsys, m
     assert {(c[1].resolve(), c[2], c[3]) for c in calls} == {(tmp_path / "demo_output", None, 0)}
     with pytest.raises(SystemExit):
         cli.main(["demo", "--max-epochs", "0"])
+
+
+def test_demo_fucci_part_writes_the_aligned_cells_and_figures(tmp_path):
+    """The demo's FUCCI part (not run elsewhere): cells with an angle, two figures (1 epoch)."""
+    import anndata as ad
+
+    import scgenvae._demo as demo
+
+    paths = demo.run_fucci(tmp_path, max_epochs=1, seed=0)
+    assert [p.name for p in paths] == [
+        "fucci_cell_cycle.h5ad",
+        "fucci_cell_cycle.png",
+        "fucci_cell_cycle_traversal.png",
+    ]
+    assert all(p.stat().st_size > 0 for p in paths)
+    back = ad.read_h5ad(paths[0])
+    angle = back.obs["cell_cycle_angle"].to_numpy()
+    assert np.isfinite(angle).all()
+    assert ((angle >= 0) & (angle < 2 * np.pi)).all()
+    assert back.obsm["X_scgenvae"].shape == (back.n_obs, 10)
