@@ -2,8 +2,11 @@
 
 Runs ``pytest -m quality --quality-epochs 1`` (``tests/conftest.py`` then caps ``max_epochs`` of
 every ``train()`` call at 1) and reads the JUnit report: the check passes only if every
-selected quality test failed on an assertion. A quality test that passes, errors (a crash in
-set-up is no verdict on the model) or reports nothing is listed and fails the check. Tests of
+selected quality test failed on an assertion (its bars). A quality test that passes, fails on
+another exception, errors (a crash in set-up is no verdict on the model) or reports nothing is
+listed and fails the check. align_cell_cycle's warning that the ellipse fit did not converge
+(a 1-epoch latent holds no clean cycle) would fail the FUCCI tests before their bars, as
+pytest turns warnings into errors, so it is ignored here. Tests of
 the slow set (``--slow``, the other seeds and lengths of the A549 bar) are skipped and not
 counted; pass ``--slow`` after the script's name to include them. Extra arguments go to pytest.
 """
@@ -49,6 +52,8 @@ def main(argv: list[str]) -> int:
             "no:cacheprovider",
             "-q",
             "--tb=line",
+            "-W",
+            "ignore:align_cell_cycle. the ellipse fit did not converge:RuntimeWarning",
             *argv,
         ]
         subprocess.run(cmd, cwd=root, check=False)
@@ -57,11 +62,14 @@ def main(argv: list[str]) -> int:
             return 1
         outcomes = _outcomes(report)
     by_kind: dict[str, list[str]] = {"failure": [], "passed": [], "error": [], "skipped": []}
-    for name, (kind, _) in outcomes.items():
+    for name, (kind, message) in outcomes.items():
+        if kind == "failure" and not message.startswith(("assert", "AssertionError")):
+            kind = "error"  # failed, but not on an assertion
+            outcomes[name] = (kind, message)
         by_kind[kind].append(name)
     print("\ncheck-quality-tests: models trained for 1 epoch")
     for name, (kind, message) in sorted(outcomes.items()):
-        verdict = {"failure": "failed (good)", "passed": "PASSED", "error": "ERROR"}.get(
+        verdict = {"failure": "failed (good)", "passed": "PASSED", "error": "NO VERDICT"}.get(
             kind, kind
         )
         print(f"  {verdict:<14} {name}  {message}")

@@ -108,11 +108,17 @@ def _leiden_with_n_clusters(adata, n: int) -> np.ndarray:
     return labels
 
 
+@pytest.mark.quality
 def test_discrete_latent_vs_leiden_on_ten_groups(quiet):
     """10 known groups: the model's own clusters against leiden on the Gaussian latent.
 
-    Reached here (seed 0): discrete-latent ARI and leiden ARI are printed and both asserted;
-    see benchmarks/RESULTS_other.md for the figures.
+    Figures (60 epochs, seeds 0, 1, 2): discrete-latent ARI 0.950, 0.959, 0.961 (range 0.011;
+    1 epoch 0.12); leiden on the Gaussian latent at 10 clusters 0.992, 0.993, 0.888 (range
+    0.105; 1 epoch 0.95); leiden minus discrete 0.042, 0.034, -0.073. The user guide quoted
+    0.992 vs 0.994 from an earlier version of the model; it now quotes these figures. Bars:
+    discrete ARI >= 0.950 - 2 x 0.011 -> 0.93; within 0.042 + 2 x 0.011 -> 0.065 of leiden's
+    (the comparison the name claims: about as good as leiden, without choosing a resolution);
+    leiden >= 0.888 - 2 x 0.105 -> 0.68 (the baseline works; it is no better at 1 epoch).
     """
     from scgenvae.datasets import synthetic_rna
 
@@ -126,8 +132,9 @@ def test_discrete_latent_vs_leiden_on_ten_groups(quiet):
     gaussian.export_latent(adata)
     ari_leiden = adjusted_rand_score(adata.obs["group"], _leiden_with_n_clusters(adata, 10))
     print(f"ten groups: discrete latent ARI {ari_discrete:.3f}, leiden ARI {ari_leiden:.3f}")
-    assert ari_discrete >= 0.8
-    assert ari_leiden > 0.5
+    assert ari_discrete >= 0.93
+    assert ari_discrete >= ari_leiden - 0.065
+    assert ari_leiden >= 0.68
 
 
 def test_cellbench_three_clusters_recover_cell_lines(quiet):

@@ -10,6 +10,7 @@ library_size and train_size (test_mutants.py), early stopping (test_health.py), 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -216,7 +217,11 @@ def test_demo_fucci_part_writes_the_aligned_cells_and_figures(tmp_path):
 
     import scgenvae._demo as demo
 
-    paths = demo.run_fucci(tmp_path, max_epochs=1, seed=0)
+    with warnings.catch_warnings():
+        # a 1-epoch latent holds no clean cycle: align_cell_cycle says so (ellipse fit not
+        # converged, direction weakly determined); the files must be written all the same
+        warnings.filterwarnings("ignore", "align_cell_cycle: ")
+        paths = demo.run_fucci(tmp_path, max_epochs=1, seed=0)
     assert [p.name for p in paths] == [
         "fucci_cell_cycle.h5ad",
         "fucci_cell_cycle.png",
