@@ -233,3 +233,42 @@ def test_demo_fucci_part_writes_the_aligned_cells_and_figures(tmp_path):
     assert np.isfinite(angle).all()
     assert ((angle >= 0) & (angle < 2 * np.pi)).all()
     assert back.obsm["X_scgenvae"].shape == (back.n_obs, 10)
+
+
+# ---------------------------------------------------------------------------- MultiVAE nb
+def test_multivae_nb_learns_a_gene_wise_dispersion_and_scores_with_scvi_nb():
+    """rna_likelihood="nb": a dispersion per gene, learned, and the loss is scvi's NB log_prob."""
+    from scvi.distributions import NegativeBinomial
+
+    from scgenvae._constants import MODULE_KEYS, REGISTRY_KEYS
+    from scgenvae.datasets import synthetic_multiome
+    from scgenvae.model import MultiVAE
+
+    mdata = synthetic_multiome(n_obs=60, n_genes=30, n_peaks=40, rng=3)
+    MultiVAE.setup_mudata(mdata, batch_key="batch")
+    poisson = MultiVAE(mdata, n_latent=4, n_hidden=16)
+    assert not hasattr(poisson.module.decoders["rna"], "log_theta")
+    model = MultiVAE(mdata, n_latent=4, n_hidden=16, rna_likelihood="nb")
+    log_theta = model.module.decoders["rna"].log_theta
+    assert log_theta.shape == (30,)
+    assert log_theta.requires_grad
+    model.train(max_epochs=3, seed=0, enable_progress_bar=False, enable_model_summary=False)
+    module = model.module.eval()
+    x = torch.as_tensor(mdata.mod["rna"].X.toarray(), dtype=torch.float32)
+    # the dispersion of every gene with counts moved from its start (0) during training
+    assert log_theta.detach()[x.sum(0) > 0].abs().min() > 0
+    tensors = {
+        REGISTRY_KEYS.X_KEY: x,
+        REGISTRY_KEYS.BATCH_KEY: torch.as_tensor(
+            mdata.obs["batch"].cat.codes.to_numpy().astype(np.int64).reshape(-1, 1)
+        ),
+        REGISTRY_KEYS.ATAC_KEY: torch.as_tensor(
+            mdata.mod["atac"].X.toarray(), dtype=torch.float32
+        ),
+    }
+    with torch.no_grad():
+        _, gen, losses = module.forward(tensors, compute_loss=True)
+        px = gen["rna"][MODULE_KEYS.PX_KEY]
+        expected = -NegativeBinomial(mu=px.mu, theta=log_theta.exp()).log_prob(x).sum(-1)
+    torch.testing.assert_close(losses.reconstruction_loss["rna"], expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(px.theta.expand_as(x), log_theta.exp().expand_as(x))
