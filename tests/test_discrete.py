@@ -137,8 +137,14 @@ def test_discrete_latent_vs_leiden_on_ten_groups(quiet):
     assert ari_leiden >= 0.68
 
 
+@pytest.mark.quality
 def test_cellbench_three_clusters_recover_cell_lines(quiet):
-    """n_clusters=3 on CellBench with batch = protocol: cell lines without leiden (ARI >= 0.9)."""
+    """n_clusters=3 on CellBench with batch = protocol: cell lines without leiden.
+
+    Figures (200 epochs, seeds 0, 1, 2): ARI 0.951, 0.951, 0.970 (range 0.019; 1 epoch 0.25);
+    the user guide quotes 0.945. Bar: the lowest seed minus twice the seed range, 0.951 -
+    0.038 -> ARI >= 0.91.
+    """
     import warnings
 
     import scanpy as sc
@@ -156,7 +162,7 @@ def test_cellbench_three_clusters_recover_cell_lines(quiet):
     model.train(max_epochs=200, seed=0, **quiet)
     ari = adjusted_rand_score(adata.obs["cell_line"], model.get_cluster_assignments())
     print(f"CellBench n_clusters=3: ARI {ari:.3f}")
-    assert ari >= 0.9
+    assert ari >= 0.91
 
 
 def test_cluster_probability_plot(adata, quiet):
