@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow demo bench defaults docs lint clean
+.PHONY: install test test-slow check-quality-tests demo bench defaults docs lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q --slow
+
+# every quality test (marker `quality`) must fail when training is cut to 1 epoch
+# (pytest -m quality --quality-epochs 1; the slow set is skipped); lists any that pass
+check-quality-tests: $(STAMP)
+	$(PY) tests/check_quality_tests.py
 
 demo: $(STAMP)
 	$(VENV)/bin/scgenvae demo --output demo_output

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+
 import matplotlib as mpl
 import pytest
 import torch
@@ -15,6 +17,14 @@ _OPTIONS = {"--slow": "slow"}
 def pytest_addoption(parser):
     for option, marker in _OPTIONS.items():
         parser.addoption(option, action="store_true", default=False, help=f"run {marker} tests")
+    parser.addoption(
+        "--quality-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train every model for at most N epochs, whatever the test asks: with N=1 every "
+        "quality test must fail (`make check-quality-tests` runs `-m quality --quality-epochs 1`)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -25,6 +35,29 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cap_training_epochs(request):
+    """With ``--quality-epochs N``, ``train()`` runs at most N epochs in every test.
+
+    Session-scoped, so that it is in place before module-scoped fixtures train their models.
+    """
+    cap = request.config.getoption("--quality-epochs")
+    if cap is None:
+        yield
+        return
+    from scgenvae.model import BaseScgenvaeModel
+
+    original = BaseScgenvaeModel.train
+
+    @functools.wraps(original)
+    def capped(self, max_epochs=None, *args, **kwargs):
+        return original(self, cap if max_epochs is None else min(max_epochs, cap), *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(BaseScgenvaeModel, "train", capped)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -312,6 +312,14 @@ def test_align_direction_is_decided_by_markers():
 
 
 def test_align_synthetic_counts(cycling, caplog):
+    """align_cell_cycle on the PCA of synthetic cycling counts (data rng 0).
+
+    Deterministic on this data set: Fisher-Lee correlation 0.899, median error 3.8% of a
+    cycle, origin 0.150 cycles from the truth's, phase accuracy 0.9125. The margins are the
+    spread over data rng 0, 1, 2 (correlation 0.851-0.899, error 3.8-5.3%, origin
+    0.119-0.150, accuracy 0.9125-0.920): bars correlation > 0.899 - 0.048 -> 0.85, error <
+    0.038 + 0.015 -> 0.054, origin < 0.150 + 0.031 -> 0.18, accuracy > 0.9125 - 0.0075 -> 0.9.
+    """
     x_before = cycling.X.copy()
     with caplog.at_level(logging.INFO, logger="scgenvae"):
         assert align_cell_cycle(cycling, use_rep="X_pca") is None
@@ -320,19 +328,19 @@ def test_align_synthetic_counts(cycling, caplog):
     assert (x_before != cycling.X).nnz == 0
     angle = cycling.obs["cell_cycle_angle"].to_numpy()
     truth = cycling.obs["true_angle"].to_numpy()
-    assert circular_correlation(angle, truth, method="fl") > 0.8
-    assert circular_error(angle, truth) < 0.06
-    # the origin is the G1/S transition: within a tenth of a cycle or so
+    assert circular_correlation(angle, truth, method="fl") > 0.85
+    assert circular_error(angle, truth) < 0.054
+    # the origin is the G1/S transition: within a sixth of a cycle
     shift = np.mod(best_shift(angle, truth) + np.pi, TWO_PI) - np.pi
-    assert abs(shift) < 0.2 * TWO_PI
+    assert abs(shift) < 0.18 * TWO_PI
     acc = cycling.obs["cell_cycle_phase"].astype(str) == cycling.obs["true_phase"].astype(str)
-    assert acc.mean() > 0.8
+    assert acc.mean() > 0.9
     u = cycling.uns["cell_cycle"]
     assert u["library_used"]
     assert u["params"]["scores_computed"]
     assert {"S_score", "G2M_score"} <= set(cycling.obs)
     # a reversed truth is detected as reversed
-    assert circular_correlation(angle, -truth, method="fl") < -0.8
+    assert circular_correlation(angle, -truth, method="fl") < -0.85
 
 
 def test_align_copy_key_added_and_h5ad(cycling, tmp_path):
@@ -398,14 +406,22 @@ def test_align_init_pca_agrees(cycling):
 # --------------------------------------------------------------------------------------------
 # baselines
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["pca", "scores", "tricycle"])
-def test_baselines(cycling, method):
+@pytest.mark.parametrize(("method", "bar"), [("pca", 0.89), ("scores", 0.84), ("tricycle", None)])
+def test_baselines(cycling, method, bar):
+    """Baselines follow the synthetic cycle (no direction of their own: absolute correlation).
+
+    Deterministic on this data set (rng 0): |Fisher-Lee correlation| 0.951 (PCA angle), 0.897
+    (S/G2M scores). Scores on data rng 1, 2: 0.839, 0.847 (range 0.058): bar 0.897 - 0.058 ->
+    0.84. The PCA angle follows the cycle only where the cycle dominates the first two PCs
+    (data rng 1, 2: 0.08, 0.44), so its bar holds for this data alone, with the scores'
+    margin: 0.951 - 0.058 -> 0.89.
+    """
     angle = cell_cycle_angle_baseline(cycling, method=method)
     assert angle.shape == (cycling.n_obs,)
     assert ((angle >= 0) & (angle < TWO_PI)).all()
-    if method != "tricycle":  # the synthetic genes carry no tricycle biology
+    if bar is not None:  # the synthetic genes carry no tricycle biology
         truth = cycling.obs["true_angle"].to_numpy()
-        assert abs(circular_correlation(angle, truth, method="fl")) > 0.3
+        assert abs(circular_correlation(angle, truth, method="fl")) > bar
     with pytest.raises(ValueError, match="method"):
         cell_cycle_angle_baseline(cycling, method="magic")
 
@@ -562,13 +578,17 @@ def _report(capsys, rows: dict[str, tuple[float, float]], title: str) -> None:
             print(f"{name:<26} {c:>10.3f} {e:>10.1%}")
 
 
+@pytest.mark.quality
 @pytest.mark.usefixtures("one_thread")
 def test_fucci_acceptance(capsys):
     # PoissonVAE(n_latent=10, batch_key="chip_id"), 200 epochs on one thread, seeds 0-4 (about
-    # 35 s in all). Reached 2026-11-29: circular correlation 0.561, 0.589, 0.620, 0.616, 0.569
-    # (mean 0.591), median error 8.0-8.7%. The seed moves the correlation by several hundredths
-    # (float rounding alone once moved a seed from 0.60 to 0.53), so the bar is on the mean,
-    # with a floor for every seed; every seed must also beat every baseline on both figures.
+    # 35 s in all). Re-measured on the current code (issue 15): circular correlation 0.584,
+    # 0.595, 0.607, 0.611, 0.565 (mean 0.593, range 0.046), median error 8.4, 8.1, 8.0, 8.7,
+    # 8.4% (range 0.7 points); 1 epoch (seed 0): 0.540 and 14.4%, worse than the PCA angle's
+    # 10.8%. Bars: the mean of the 5 seeds >= 0.593 - 2 x 0.046 / sqrt(5) -> 0.55; every seed's
+    # error <= 8.7% + 2 x 0.7 points -> 10%; every seed's correlation >= 0.5 (the rule, 0.565 -
+    # 2 x 0.046 = 0.47, would be looser); every seed must also beat every baseline on both
+    # figures (best baseline: PCA of expression, 0.408 and 10.8%).
     seeds = (0, 1, 2, 3, 4)
     ours = []
     for seed in seeds:
@@ -590,7 +610,13 @@ def test_fucci_acceptance(capsys):
 
 def test_neurosphere_agrees_with_tricycle():
     """Other tissue and organism (mouse neurospheres), defaults unchanged: the angle from the
-    PCA of log-normalised counts agrees with tricycle's projection, direction included."""
+    PCA of log-normalised counts agrees with tricycle's projection, direction included.
+
+    Deterministic: Fisher-Lee correlation 0.758, median error 5.55% of a cycle, direction
+    evidence 1.25. Spread over three random 90% subsets of the cells: 0.757-0.780 (range
+    0.023), 5.2-5.7% (range 0.5 points), 1.22-1.26. Bars: figure minus (plus) twice the range:
+    correlation > 0.71, error < 0.066, evidence > 1.15.
+    """
     adata = scgenvae.datasets.tricycle_neurosphere()
     lg = adata.copy()
     sc.pp.normalize_total(lg, target_sum=1e4)
@@ -602,9 +628,9 @@ def test_neurosphere_agrees_with_tricycle():
     tri = cell_cycle_angle_baseline(
         adata, method="tricycle", organism="mouse", gene_symbols="Gene"
     )
-    assert circular_correlation(ours, tri, method="fl") > 0.6
-    assert circular_error(ours, tri) < 0.08
-    assert adata.uns["cell_cycle"]["direction_evidence"] > 0.5
+    assert circular_correlation(ours, tri, method="fl") > 0.71
+    assert circular_error(ours, tri) < 0.066
+    assert adata.uns["cell_cycle"]["direction_evidence"] > 1.15
     assert set(adata.obs["cell_cycle_phase"].astype(str)) == {"G1", "S", "G2M"}
 
 
@@ -672,6 +698,7 @@ def test_fucci_pca_orientation_per_donor():
             assert right_err or u["direction_weak"], (donor, mode)
 
 
+@pytest.mark.quality
 @pytest.mark.usefixtures("one_thread")
 def test_fucci_lodo_fold_na19098():
     """One leave-one-donor-out fold (benchmarks/cell_cycle_lodo.py): PoissonVAE(n_latent=10,

@@ -62,7 +62,13 @@ def test_mixture_prior_kl_terms():
     assert out["kl_z"].shape == (3,)
 
 
+@pytest.mark.quality
 def test_poissonvae_clusters_synthetic_groups(adata, quiet):
+    """The model's own clusters (n_clusters=3, 80 epochs) find the 3 synthetic groups.
+
+    Figure: ARI 1.000, 0.987, 0.968 on seeds 0, 1, 2 (range 0.032); 1 epoch: 0.33. Bar: the
+    lowest seed minus twice the seed range, 0.968 - 0.064 = 0.904 -> ARI > 0.9.
+    """
     PoissonVAE.setup_anndata(adata, batch_key="batch")
     model = PoissonVAE(adata, n_latent=4, n_clusters=3)
     model.train(max_epochs=80, seed=0, **quiet)
@@ -102,11 +108,17 @@ def _leiden_with_n_clusters(adata, n: int) -> np.ndarray:
     return labels
 
 
+@pytest.mark.quality
 def test_discrete_latent_vs_leiden_on_ten_groups(quiet):
     """10 known groups: the model's own clusters against leiden on the Gaussian latent.
 
-    Reached here (seed 0): discrete-latent ARI and leiden ARI are printed and both asserted;
-    see benchmarks/RESULTS_other.md for the figures.
+    Figures (60 epochs, seeds 0, 1, 2): discrete-latent ARI 0.950, 0.959, 0.961 (range 0.011;
+    1 epoch 0.12); leiden on the Gaussian latent at 10 clusters 0.992, 0.993, 0.888 (range
+    0.105; 1 epoch 0.95); leiden minus discrete 0.042, 0.034, -0.073. The user guide quoted
+    0.992 vs 0.994 from an earlier version of the model; it now quotes these figures. Bars:
+    discrete ARI >= 0.950 - 2 x 0.011 -> 0.93; within 0.042 + 2 x 0.011 -> 0.065 of leiden's
+    (the comparison the name claims: about as good as leiden, without choosing a resolution);
+    leiden >= 0.888 - 2 x 0.105 -> 0.68 (the baseline works; it is no better at 1 epoch).
     """
     from scgenvae.datasets import synthetic_rna
 
@@ -120,12 +132,19 @@ def test_discrete_latent_vs_leiden_on_ten_groups(quiet):
     gaussian.export_latent(adata)
     ari_leiden = adjusted_rand_score(adata.obs["group"], _leiden_with_n_clusters(adata, 10))
     print(f"ten groups: discrete latent ARI {ari_discrete:.3f}, leiden ARI {ari_leiden:.3f}")
-    assert ari_discrete >= 0.8
-    assert ari_leiden > 0.5
+    assert ari_discrete >= 0.93
+    assert ari_discrete >= ari_leiden - 0.065
+    assert ari_leiden >= 0.68
 
 
+@pytest.mark.quality
 def test_cellbench_three_clusters_recover_cell_lines(quiet):
-    """n_clusters=3 on CellBench with batch = protocol: cell lines without leiden (ARI >= 0.9)."""
+    """n_clusters=3 on CellBench with batch = protocol: cell lines without leiden.
+
+    Figures (200 epochs, seeds 0, 1, 2): ARI 0.951, 0.951, 0.970 (range 0.019; 1 epoch 0.25);
+    the user guide quotes 0.945. Bar: the lowest seed minus twice the seed range, 0.951 -
+    0.038 -> ARI >= 0.91.
+    """
     import warnings
 
     import scanpy as sc
@@ -143,7 +162,7 @@ def test_cellbench_three_clusters_recover_cell_lines(quiet):
     model.train(max_epochs=200, seed=0, **quiet)
     ari = adjusted_rand_score(adata.obs["cell_line"], model.get_cluster_assignments())
     print(f"CellBench n_clusters=3: ARI {ari:.3f}")
-    assert ari >= 0.9
+    assert ari >= 0.91
 
 
 def test_cluster_probability_plot(adata, quiet):

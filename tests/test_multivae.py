@@ -75,17 +75,27 @@ def test_rna_only_imputation_ignores_the_cells_atac(mdata, quiet):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.quality
 def test_cross_modal_quality_on_synthetic(mdata, quiet):
+    """Paired synthetic multiome, 80 epochs: the modalities' latents match, RNA predicts ATAC.
+
+    Figures on seeds 0, 1, 2: FOSCTTM 0.1364, 0.1333, 0.1335 (range 0.0031; 1 epoch 0.458);
+    AUROC of ATAC from RNA 0.8999, 0.8997, 0.8997 (range 0.0002) against the peak-frequency
+    baseline's 0.8640 (1 epoch: 0.8597, below the baseline). Bars: the worst seed plus/minus
+    twice the seed range: FOSCTTM < 0.1364 + 0.0062 -> 0.143, AUROC >= 0.8997 - 0.0005 ->
+    0.899, and AUROC above the baseline's.
+    """
     model = _trained(mdata, quiet, epochs=80)
     z_rna = model.get_latent_representation(modality="rna")
     z_atac = model.get_latent_representation(modality="atac")
-    assert metrics.foscttm(z_rna, z_atac) < 0.2
+    assert metrics.foscttm(z_rna, z_atac) < 0.143
     auroc, _ = metrics.auroc_auprc(
         mdata.mod["atac"].X, model.get_accessibility_estimates(modality="rna")
     )
     freq = np.asarray(mdata.mod["atac"].X.mean(0)).ravel()
     base, _ = metrics.auroc_auprc(mdata.mod["atac"].X, np.broadcast_to(freq, (200, 100)))
-    assert auroc > base + 0.02
+    assert auroc > base
+    assert auroc >= 0.899
 
 
 def test_cells_missing_a_modality_train_and_embed(quiet):

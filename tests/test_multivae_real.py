@@ -31,8 +31,16 @@ def _fit_split(mdata, quiet, *, epochs, **kwargs):
     return model, m_train, m_test
 
 
+@pytest.mark.quality
 def test_pbmc_subset_held_out_cells(quiet):
-    """Reached here (seed 0, 100 epochs): FOSCTTM 0.238, AUROC 0.849 (peak frequency 0.818), Spearman 0.367."""
+    """PBMC multiome subset, 100 epochs, scored on the held-out 10% of cells.
+
+    Figures on seeds 0, 1, 2: FOSCTTM 0.2425, 0.2416, 0.2404 (range 0.0022; 1 epoch 0.499);
+    AUROC of ATAC from RNA 0.8493, 0.8483, 0.8486 (range 0.0010) against peak frequency's
+    0.8183 (1 epoch: 0.8181); Spearman of RNA from ATAC 0.366, 0.363, 0.370 (range 0.007;
+    1 epoch -0.005). Bars: the worst seed plus/minus twice the seed range: FOSCTTM < 0.247,
+    AUROC >= 0.846 and above peak frequency's, Spearman > 0.348.
+    """
     mdata = scgenvae.datasets.pbmc_multiome_subset()
     model, m_train, m_test = _fit_split(mdata, quiet, epochs=100, n_latent=10, n_hidden=64)
     with warnings.catch_warnings():
@@ -41,13 +49,13 @@ def test_pbmc_subset_held_out_cells(quiet):
         z_atac = model.get_latent_representation(m_test, modality="atac")
         acc = model.get_accessibility_estimates(m_test, modality="rna")
         expr = model.get_normalized_expression(m_test, modality="atac")
-    assert metrics.foscttm(z_rna, z_atac) < 0.30
+    assert metrics.foscttm(z_rna, z_atac) < 0.247
     auroc, _ = metrics.auroc_auprc(m_test.mod["atac"].X, acc)
     freq = np.asarray((m_train.mod["atac"].X > 0).mean(0)).ravel()
     base, _ = metrics.auroc_auprc(m_test.mod["atac"].X, np.broadcast_to(freq, acc.shape))
-    assert auroc >= 0.76
+    assert auroc >= 0.846
     assert auroc > base
-    assert metrics.mean_gene_spearman(m_test.mod["rna"].X, expr) > 0.2
+    assert metrics.mean_gene_spearman(m_test.mod["rna"].X, expr) > 0.348
 
 
 def _a549_scores(*, seed: int, max_epochs: int | None) -> tuple[dict, dict, np.ndarray, dict]:
@@ -90,12 +98,14 @@ def _check_a549(scores: dict, base: dict, loss: np.ndarray, report: dict) -> Non
     assert scores["time_knn_accuracy"] > 0.85
 
 
+@pytest.mark.quality
 def test_a549_default_training():
     """sci-CAR A549 with the default ``train()`` (early stopping on the validation ELBO)."""
     _check_a549(*_a549_scores(seed=0, max_epochs=None))
 
 
 @pytest.mark.slow
+@pytest.mark.quality
 @pytest.mark.parametrize(
     ("max_epochs", "seed"),
     [(None, 1), (None, 2), (60, 0), (60, 1), (60, 2)],

@@ -217,13 +217,27 @@ def test_dense_int_layer_and_covariates(adata, quiet):
     assert model.get_latent_representation().shape == (200, 4)
 
 
+@pytest.mark.quality
 def test_recovers_synthetic_groups(adata, quiet):
+    """The latent (60 epochs) separates the 3 synthetic groups.
+
+    Figures on seeds 0, 1, 2: fraction of a cell's 15 nearest neighbours in its own group
+    0.990, 0.992, 0.996 (range 0.006; 1 epoch: 0.964-0.972); k-means ARI 0.952 on every seed
+    (1 epoch: 0.935-0.948). Bars: purity >= 0.990 - 2 x 0.006 = 0.978; ARI >= 0.94 (a margin of
+    0.01, the seeds agreeing exactly). The groups are easy: a 4-component PCA of log-normalised
+    counts reaches ARI 1.0 and purity 0.998, so this test does not claim to beat PCA (the
+    CellBench test below does).
+    """
     model = _trained(adata, quiet, epochs=60)
     z = model.get_latent_representation()
     labels = KMeans(3, n_init=10, random_state=0).fit_predict(z)
-    assert adjusted_rand_score(adata.obs["group"], labels) > 0.9
+    assert adjusted_rand_score(adata.obs["group"], labels) >= 0.94
+    group = adata.obs["group"].to_numpy()
+    idx = NearestNeighbors(n_neighbors=16).fit(z).kneighbors(z, return_distance=False)[:, 1:]
+    assert (group[idx] == group[:, None]).mean() >= 0.978
 
 
+@pytest.mark.quality
 def test_cellbench_cell_lines_and_protocol_mixing(quiet):
     """Real data: 3 cell lines x 2 protocols, batch = protocol, default training.
 
