@@ -176,7 +176,7 @@ class BaseScgenvaeModel(
             )
             raise ValueError(msg)
         args = dict(spec.args)
-        internal, sources = self._build_internal(data, args, Scans(spec.scans))
+        internal, sources = self._build_internal(data, args, Scans(spec.scans, validated=True))
         training = spec.source_registry is None
         if training:
             check_trainable(internal.n_obs)

@@ -484,7 +484,7 @@ class MultiVAE(BaseScgenvaeModel):
                 streams[REGISTRY_KEYS.ATAC_KEY].col_means(),
             )
         else:
-            x_rna, x_atac = self._in_memory_matrices(rna, atac, args)
+            x_rna, x_atac = self._in_memory_matrices(rna, atac, args, scans.validated)
             self._report_empty_features(
                 np.asarray(x_rna.sum(axis=0)).ravel(), np.asarray(x_atac.sum(axis=0)).ravel()
             )
@@ -507,9 +507,16 @@ class MultiVAE(BaseScgenvaeModel):
         internal.obsm["atac"] = sparse.csr_matrix(_aligned(x_atac, rows_atac), dtype=np.float32)
         return internal, streams or {}
 
-    def _in_memory_matrices(self, rna: AnnData, atac: AnnData, args: dict) -> tuple:
+    def _in_memory_matrices(
+        self,
+        rna: AnnData,
+        atac: AnnData,
+        args: dict,
+        validated: bool,  # noqa: FBT001
+    ) -> tuple:
         x_rna = get_matrix(rna, args["rna_layer"], where="RNA", arg="rna_layer")
-        check_values(x_rna, where="RNA counts")
+        if not validated:  # validated by the set-up and unchanged since: not again
+            check_values(x_rna, where="RNA counts")
         if sparse.issparse(x_rna) and x_rna.format != "csr":
             x_rna = sparse.csr_matrix(x_rna)  # row slicing needs CSR (the user's is kept)
         x_atac = get_matrix(atac, args["atac_layer"], where="ATAC", arg="atac_layer")
@@ -520,7 +527,7 @@ class MultiVAE(BaseScgenvaeModel):
             if prepared is not x_atac:
                 self._warn_binarising()
                 x_atac = prepared
-        else:
+        else:  # the set-up checked ATAC values without knowing the likelihood needs counts
             check_values(x_atac, where="ATAC counts")
         return x_rna, x_atac
 

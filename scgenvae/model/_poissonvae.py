@@ -230,7 +230,7 @@ class PoissonVAE(BaseScgenvaeModel):
             scan = scans.get((None, args["layer"], True), x, where="the counts")
             source = RowSource(x, scan=scan)
             x = stand_in(*source.shape)
-        else:
+        elif not scans.validated:  # validated by the set-up and unchanged since: not again
             check_values(x, where="the counts")
         if sparse.issparse(x) and x.format != "csr":
             x = sparse.csr_matrix(x)  # CSC or COO: row slicing needs CSR (the user's is kept)

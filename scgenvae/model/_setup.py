@@ -63,10 +63,18 @@ class SetupSpec:
 
 
 class Scans:
-    """Scans of backed matrices, made once per call chain (set-up, model build, one getter)."""
+    """What is known of the matrices while building a model's data: scans and validation.
 
-    def __init__(self, known: Mapping[tuple, MatrixScan] | None = None) -> None:
+    Scans of backed matrices are made once per call chain (set-up, model build, one getter).
+    ``validated`` says that the values were checked by the set-up and have not changed since
+    (their fingerprints match): the build then does not check them again.
+    """
+
+    def __init__(
+        self, known: Mapping[tuple, MatrixScan] | None = None, *, validated: bool = False
+    ) -> None:
         self.known: dict[tuple, MatrixScan] = dict(known or {})
+        self.validated = bool(validated)
 
     def get(self, key: tuple, mat, **kwargs) -> MatrixScan:
         """The scan of ``mat`` under ``key``, made with :func:`scan_matrix` if not known."""
