@@ -12,7 +12,7 @@ from scipy import sparse
 from scgenvae.model import MultiVAE, PoissonVAE
 from scgenvae.model import _data as data_mod
 from scgenvae.model import _validate as validate_mod
-from scgenvae.model._data import BlockMinibatchIterable, RowSource
+from scgenvae.model._data import MinibatchIterable, RowSource
 from scgenvae.model._health import N_CHECK_CELLS
 
 
@@ -84,8 +84,8 @@ def test_block_order_visits_every_cell_once_seeded(adata):
     sources = {"X": RowSource(x)}
 
     def loader(seed):
-        return BlockMinibatchIterable(
-            {}, sources, idx, block_size=32, batch_size=16, shuffle=True, seed=seed
+        return MinibatchIterable(
+            {}, idx, sources=sources, block_size=32, batch_size=16, shuffle=True, seed=seed
         )
 
     orders = [loader(0).order(e) for e in range(3)]
@@ -109,10 +109,10 @@ def test_sharded_streaming_covers_the_epoch(adata):
     sources = {"X": RowSource(sparse.csr_matrix(adata.X))}
     idx = np.arange(adata.n_obs)
     shards = [
-        BlockMinibatchIterable(
+        MinibatchIterable(
             {"i": torch.arange(adata.n_obs, dtype=torch.float32).reshape(-1, 1)},
-            sources,
             idx,
+            sources=sources,
             block_size=40,
             batch_size=16,
             shuffle=True,

@@ -60,7 +60,10 @@ import torch
 from scgenvae.datasets import synthetic_rna
 from scgenvae.model import PoissonVAE
 
+import scgenvae
+
 torch.set_num_threads(1)
+scgenvae.settings.verbosity = "INFO"  # Lightning's lines show which processes ran
 strategy, out = sys.argv[1], sys.argv[2]
 adata = synthetic_rna(n_obs=200, n_vars=50, rng=0)
 PoissonVAE.setup_anndata(adata, batch_key="batch")

@@ -149,6 +149,21 @@ def test_counts_replaced_by_new_counts_are_used(rna):
     assert not np.allclose(z_new, z_old)
 
 
+def test_backed_getters_keep_the_order_asked_for(rna, tmp_path):
+    """Streamed from disk in blocks, cells from several blocks still come back in order."""
+    path = tmp_path / "counts.h5ad"
+    rna.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    PoissonVAE.setup_anndata(backed, batch_key="batch")
+    m = PoissonVAE(backed, n_latent=3, n_hidden=16)
+    m.train(max_epochs=1, block_size=32, **QUIET)
+    full = m.get_latent_representation()
+    order = [140, 3, 77, 35, 3]
+    np.testing.assert_allclose(
+        m.get_latent_representation(indices=order, batch_size=4), full[order], atol=1e-6
+    )
+
+
 def test_backed_file_replaced_or_closed(rna, tmp_path):
     path = tmp_path / "counts.h5ad"
     rna.write_h5ad(path)
@@ -182,6 +197,9 @@ def test_getters_take_masks_positions_and_names(model):
     names = ["cell3", "cell7", "cell40"]
     _same(m.get_latent_representation(indices=names), full[[3, 7, 40]])
     _same(m.get_latent_representation(adata, indices=pd.Index(names)), full[[3, 7, 40]])
+    # the order asked for is the order returned (rows were sorted within each minibatch)
+    _same(m.get_latent_representation(indices=[40, 3, 7, 3]), full[[40, 3, 7, 3]])
+    _same(m.get_latent_representation(indices=["cell40", "cell3"]), full[[40, 3]])
     _same(
         m.get_normalized_expression(indices=mask, library_size="latent"),
         m.get_normalized_expression(library_size="latent")[[3, 7, 40]],

@@ -39,7 +39,6 @@ from scgenvae._settings import settings
 
 from ._compat import ScviCompatMixin
 from ._data import (
-    BlockMinibatchIterable,
     CellDataSplitter,
     MinibatchIterable,
     RowSource,
@@ -341,11 +340,9 @@ class BaseScgenvaeModel(
         manager = self.get_anndata_manager(internal, required=True)
         indices = np.arange(internal.n_obs) if indices is None else np.asarray(indices)
         arrays = registry_arrays(manager, self._sparse_keys, skip=set(streams))
-        kwargs = {"batch_size": batch_size or 1024, "shuffle": False}
+        kwargs = {"batch_size": batch_size or 1024, "shuffle": False, "keep_order": True}
         if streams:  # backed data: one block of rows in memory at a time
-            return BlockMinibatchIterable(
-                arrays, streams, indices, sparse_keys=self._sparse_keys, **kwargs
-            )
+            kwargs["sources"] = streams
         return MinibatchIterable(arrays, indices, sparse_keys=self._sparse_keys, **kwargs)
 
     def _iter_inference(

@@ -13,7 +13,7 @@ same permutation and takes every ``world_size``-th cell of it, padded as
 :class:`torch.utils.data.DistributedSampler` does so that all processes step equally often.
 
 Matrices too large for memory (a backed AnnData/MuData) are streamed instead
-(:class:`BlockMinibatchIterable`): rows are read from disk in contiguous blocks, the order of
+(:class:`MinibatchIterable` with row sources): rows are read from disk in contiguous blocks, the order of
 blocks and the order of cells within each block are shuffled by the same ``(seed, epoch)``
 generator design, and only one block is in memory at a time. The small per-cell fields (batch
 codes, covariates) stay in memory.
@@ -71,14 +71,28 @@ def _take(value, idx: np.ndarray, *, keep_sparse: bool) -> torch.Tensor:
 
 
 class MinibatchIterable:
-    """Iterable of minibatch dicts over ``indices`` of in-memory registry arrays.
+    """Iterable of minibatch dicts over ``indices``, from memory or streamed from row sources.
+
+    The epoch's order of cells (:meth:`order`): the blocks of ``block_size`` rows that hold
+    ``indices`` in a random order, and within each block its cells in a random order, both drawn
+    from a :class:`torch.Generator` seeded by ``seed`` and the epoch number, so that the order
+    of an epoch depends neither on global random state nor on the epochs before it.
+    Minibatches are consecutive runs of this order, so each block is read once per epoch.
+    Matrices in memory are the one-block case: without ``sources`` every cell is in one block
+    and the order is a plain permutation of ``indices``. Without ``shuffle`` the cells come in
+    the order of ``indices`` (sorted indices read each block once).
 
     Parameters
     ----------
     arrays
-        Registry key -> torch tensor or scipy CSR matrix.
+        Registry key -> torch tensor or scipy CSR matrix, indexed by cell (in memory).
     indices
         Cells to iterate over.
+    sources
+        Registry key -> :class:`RowSource` of matrices streamed from disk block by block
+        (their keys in ``arrays``, if any, are ignored).
+    block_size
+        Rows per block read from the sources (default :data:`DEFAULT_BLOCK_SIZE`).
     batch_size
         Cells per minibatch.
     shuffle
@@ -93,6 +107,10 @@ class MinibatchIterable:
     rank, world_size
         This process's shard: every ``world_size``-th cell of the (shuffled) order starting at
         ``rank``, padded by wrapping around so that each shard has the same length.
+    keep_order
+        Hand out each minibatch's cells in the order of ``indices`` (inference for a user's
+        selection of cells); otherwise they are grouped by block and sorted when some key is
+        handed out sparse, which reads and slices faster.
     """
 
     def __init__(
@@ -102,6 +120,9 @@ class MinibatchIterable:
         *,
         batch_size: int,
         shuffle: bool,
+        keep_order: bool = False,
+        sources: dict[str, RowSource] | None = None,
+        block_size: int | None = None,
         seed: int | None = 0,
         sparse_keys: frozenset[str] = frozenset(),
         epoch: Callable[[], int] | None = None,
@@ -119,6 +140,14 @@ class MinibatchIterable:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self._count = 0
+        self.keep_order = bool(keep_order)
+        self.sources = dict(sources or {})
+        if self.sources:
+            self.block_size = block_rows(self.sources, block_size or DEFAULT_BLOCK_SIZE)
+            self.n_rows = next(iter(self.sources.values())).shape[0]
+        else:  # in memory: one block holds every cell
+            self.n_rows = int(self.indices.max()) + 1 if self.indices.size else 0
+            self.block_size = max(self.n_rows, 1)
 
     def _shard_size(self) -> int:
         return math.ceil(len(self.indices) / self.world_size) if len(self.indices) else 0
@@ -126,27 +155,83 @@ class MinibatchIterable:
     def __len__(self) -> int:
         return math.ceil(self._shard_size() / self.batch_size)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def order(self, epoch: int) -> np.ndarray:
+        """Every cell of ``indices`` once, grouped by block, in the order of ``epoch``."""
         idx = self.indices
+        if not self.shuffle:
+            return idx
+        gen = torch.Generator()
+        gen.manual_seed(self.seed * 100_003 + int(epoch))
+        # the cells' permutation is drawn first, as in MinibatchIterable: with a single block
+        # the order (and so training) is the same as that of the in-memory path
+        within = idx[torch.randperm(len(idx), generator=gen).numpy()]
+        ids = np.unique(idx // self.block_size)
+        rank = np.empty(int(ids[-1]) + 1 if len(ids) else 0, dtype=np.int64)
+        rank[ids] = torch.randperm(len(ids), generator=gen).numpy()
+        # a stable sort on the block's rank keeps the random order of cells within each block
+        return within[np.argsort(rank[within // self.block_size], kind="stable")]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch = 0
         if self.shuffle:
             epoch = self.epoch() if self.epoch is not None else self._count
             self._count += 1
-            gen = torch.Generator()
-            gen.manual_seed(self.seed * 100_003 + int(epoch))
-            idx = idx[torch.randperm(len(idx), generator=gen).numpy()]
+        idx = self.order(epoch)
         if self.world_size > 1:
             # pad by wrapping around, then every world_size-th cell (DistributedSampler's rule)
             idx = np.resize(idx, self._shard_size() * self.world_size)[
                 self.rank :: self.world_size
             ]
+        cached: tuple[int, dict] | None = None
         for start in range(0, len(idx), self.batch_size):
-            chunk = idx[start : start + self.batch_size]
-            if self.sparse_keys:  # sorted rows slice CSR matrices faster
-                chunk = np.sort(chunk)
-            yield {
+            chunk = self._arrange(idx[start : start + self.batch_size])
+            bids = chunk // self.block_size
+            pieces: dict[str, list] = {key: [] for key in self.sources}
+            positions = []
+            for b in dict.fromkeys(bids.tolist()):
+                if cached is None or cached[0] != b:
+                    cached = None  # release the previous block before reading the next
+                    lo, hi = b * self.block_size, min((b + 1) * self.block_size, self.n_rows)
+                    cached = (b, {k: s.read(lo, hi) for k, s in self.sources.items()})
+                in_block = bids == b
+                positions.append(np.flatnonzero(in_block))
+                for key, block in cached[1].items():
+                    pieces[key].append(block[chunk[in_block] - b * self.block_size])
+            out = {
                 key: _take(value, chunk, keep_sparse=key in self.sparse_keys)
                 for key, value in self.arrays.items()
+                if key not in self.sources
             }
+            restore = np.argsort(np.concatenate(positions)) if len(positions) > 1 else None
+            for key, parts in pieces.items():
+                rows = _stack(parts)
+                if restore is not None:  # rows back in the order of the chunk
+                    rows = rows[restore]
+                out[key] = _to_tensor(rows, keep_sparse=key in self.sparse_keys)
+            yield out
+
+    def _arrange(self, chunk: np.ndarray) -> np.ndarray:
+        """A minibatch's cells grouped by block, sorted within when some key is handed out sparse.
+
+        Blocks in order of first appearance (each block is read once per epoch); sorted rows
+        slice CSR matrices faster. With ``keep_order`` the cells keep the order asked for.
+        """
+        if self.keep_order:
+            return chunk
+        bids = chunk // self.block_size
+        first = {b: i for i, b in reversed(list(enumerate(bids.tolist())))}
+        block_rank = np.array([first[b] for b in bids.tolist()])
+        within = chunk if self.sparse_keys else np.zeros_like(chunk)
+        return chunk[np.lexsort((within, block_rank))]
+
+
+def _stack(parts: list):
+    """Rows read from several blocks, stacked (CSR or dense)."""
+    if len(parts) == 1:
+        return parts[0]
+    if sparse.issparse(parts[0]):
+        return sparse.vstack(parts, format="csr")
+    return np.concatenate(parts)
 
 
 def registry_arrays(
@@ -266,105 +351,6 @@ def _to_tensor(rows, *, keep_sparse: bool) -> torch.Tensor:
     return torch.from_numpy(rows.toarray())
 
 
-class BlockMinibatchIterable(MinibatchIterable):
-    """Minibatches streamed from row sources, one contiguous block of rows in memory at a time.
-
-    The epoch's order of cells (:meth:`order`): the blocks of ``block_size`` rows that hold
-    ``indices`` in a random order, and within each block its cells in a random order, both drawn
-    from a :class:`torch.Generator` seeded by ``seed`` and the epoch as in
-    :class:`MinibatchIterable`. Minibatches are consecutive runs of this order, so each block is
-    read once per epoch. Without ``shuffle`` the cells come in the order of ``indices`` (sorted
-    indices read each block once).
-
-    Parameters
-    ----------
-    arrays
-        In-memory registry fields (registry key -> tensor), indexed by cell.
-    sources
-        Registry key -> :class:`RowSource` of the streamed matrices.
-    block_size
-        Rows per block read from the sources (default :data:`DEFAULT_BLOCK_SIZE`).
-    **kwargs
-        As :class:`MinibatchIterable`.
-    """
-
-    def __init__(
-        self,
-        arrays: dict,
-        sources: dict[str, RowSource],
-        indices: np.ndarray,
-        *,
-        block_size: int | None = None,
-        **kwargs,
-    ):
-        super().__init__(arrays, indices, **kwargs)
-        self.sources = dict(sources)
-        self.block_size = block_rows(self.sources, block_size or DEFAULT_BLOCK_SIZE)
-        self.n_rows = next(iter(self.sources.values())).shape[0]
-
-    def order(self, epoch: int) -> np.ndarray:
-        """Every cell of ``indices`` once, grouped by block, in the order of ``epoch``."""
-        idx = self.indices
-        if not self.shuffle:
-            return idx
-        gen = torch.Generator()
-        gen.manual_seed(self.seed * 100_003 + int(epoch))
-        # the cells' permutation is drawn first, as in MinibatchIterable: with a single block
-        # the order (and so training) is the same as that of the in-memory path
-        within = idx[torch.randperm(len(idx), generator=gen).numpy()]
-        ids = np.unique(idx // self.block_size)
-        rank = np.empty(int(ids[-1]) + 1 if len(ids) else 0, dtype=np.int64)
-        rank[ids] = torch.randperm(len(ids), generator=gen).numpy()
-        # a stable sort on the block's rank keeps the random order of cells within each block
-        return within[np.argsort(rank[within // self.block_size], kind="stable")]
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch = 0
-        if self.shuffle:
-            epoch = self.epoch() if self.epoch is not None else self._count
-            self._count += 1
-        idx = self.order(epoch)
-        if self.world_size > 1:  # same sharding rule as the in-memory iterable
-            idx = np.resize(idx, self._shard_size() * self.world_size)[
-                self.rank :: self.world_size
-            ]
-        cached: tuple[int, dict] | None = None
-        for start in range(0, len(idx), self.batch_size):
-            chunk = idx[start : start + self.batch_size]
-            bids = chunk // self.block_size
-            # cells of one block together, blocks in order of first appearance (each block is
-            # read once per epoch); within a block sorted rows when some key is handed out
-            # sparse, as MinibatchIterable sorts them
-            first = {b: i for i, b in reversed(list(enumerate(bids.tolist())))}
-            block_rank = np.array([first[b] for b in bids.tolist()])
-            within = chunk if self.sparse_keys else np.zeros_like(chunk)
-            chunk = chunk[np.lexsort((within, block_rank))]
-            bids = chunk // self.block_size
-            pieces: dict[str, list] = {key: [] for key in self.sources}
-            for b in dict.fromkeys(bids.tolist()):
-                if cached is None or cached[0] != b:
-                    cached = None  # release the previous block before reading the next
-                    lo, hi = b * self.block_size, min((b + 1) * self.block_size, self.n_rows)
-                    cached = (b, {k: s.read(lo, hi) for k, s in self.sources.items()})
-                local = chunk[bids == b] - b * self.block_size
-                for key, block in cached[1].items():
-                    pieces[key].append(block[local])
-            out = {
-                key: _take(value, chunk, keep_sparse=key in self.sparse_keys)
-                for key, value in self.arrays.items()
-                if key not in self.sources
-            }
-            for key, parts in pieces.items():
-                if len(parts) == 1:
-                    rows = parts[0]
-                elif sparse.issparse(parts[0]):
-                    rows = sparse.vstack(parts, format="csr")
-                else:
-                    rows = np.concatenate(parts)
-                out[key] = _to_tensor(rows, keep_sparse=key in self.sparse_keys)
-            yield out
-
-
 class CellDataSplitter(LightningDataModule):
     """Train/validation/test split of cells; minibatches from memory or streamed from disk.
 
@@ -387,7 +373,7 @@ class CellDataSplitter(LightningDataModule):
         Registry keys handed to the model as sparse CSR tensors.
     streams
         Registry key -> :class:`RowSource` of matrices streamed from disk block by block
-        (:class:`BlockMinibatchIterable`) instead of read into memory.
+        (:class:`MinibatchIterable` with row sources) instead of read into memory.
     load_in_memory
         Read the ``streams`` into memory once instead (when they fit).
     block_size
@@ -439,12 +425,10 @@ class CellDataSplitter(LightningDataModule):
             self.streams = {}
 
     def _iterable(self, indices: np.ndarray, **kwargs) -> MinibatchIterable:
-        if not self.streams:
-            return MinibatchIterable(self.arrays, indices, **kwargs)
-        if not kwargs.get("shuffle"):
+        if self.streams and not kwargs.get("shuffle"):
             indices = np.sort(indices)  # one read of each block
-        return BlockMinibatchIterable(
-            self.arrays, self.streams, indices, block_size=self.block_size, **kwargs
+        return MinibatchIterable(
+            self.arrays, indices, sources=self.streams, block_size=self.block_size, **kwargs
         )
 
     def _shard(self) -> dict[str, int]:
