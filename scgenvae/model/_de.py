@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 import torch
-from scipy import sparse
+from scipy import sparse, stats
 
 from scgenvae import _docs
 from scgenvae._constants import MODULE_KEYS
@@ -199,6 +199,45 @@ def posterior_fdr(proba_not: np.ndarray) -> np.ndarray:
     return out
 
 
+def shrink_proba(
+    estimate: np.ndarray, se: np.ndarray, delta: float, *, n_iter: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``P(change > delta)`` and ``P(change < -delta)`` under a prior learnt across features.
+
+    Empirical Bayes on the normal means ``estimate ~ N(change, se^2)``: the prior of the
+    changes is a mixture of centred normals on a fixed grid of widths (width 0: no change),
+    its weights fitted by EM (maximum marginal likelihood, with a mild extra weight on the
+    null component), so that a feature is called only as far as the distribution of all
+    features' changes supports it. Returns the two probabilities and the posterior mean.
+    """
+    se = np.maximum(se, 1e-6)
+    spread = np.sqrt(max(float(np.max(estimate**2 - se**2)), float(np.min(se)) ** 2))
+    grid = np.concatenate([[0.0], np.geomspace(float(np.min(se)) / 10, 2 * spread, 20)])
+    var = grid[None, :] ** 2 + se[:, None] ** 2  # features x components
+    like = np.exp(-0.5 * estimate[:, None] ** 2 / var) / np.sqrt(var)
+    pi = np.full(len(grid), 1.0 / len(grid))
+    prior_count = np.zeros(len(grid))
+    prior_count[0] = 9.0  # ashr's default null weight of 10 (a Dirichlet(10, 1, ..., 1))
+    for _ in range(n_iter):
+        post = like * pi
+        post /= post.sum(1, keepdims=True) + 1e-300
+        new = (post.sum(0) + prior_count) / (len(estimate) + prior_count.sum())
+        if np.abs(new - pi).max() < 1e-8:
+            break
+        pi = new
+    post = like * pi
+    post /= post.sum(1, keepdims=True) + 1e-300
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(
+            grid[None, :] > 0, 1.0 / (1.0 / grid[None, :] ** 2 + 1.0 / se[:, None] ** 2), 0.0
+        )
+    m = v * (estimate / se**2)[:, None]
+    sd = np.sqrt(v)
+    up = np.where(sd > 0, stats.norm.sf((delta - m) / np.where(sd > 0, sd, 1.0)), m > delta)
+    down = np.where(sd > 0, stats.norm.cdf((-delta - m) / np.where(sd > 0, sd, 1.0)), m < -delta)
+    return (post * up).sum(1), (post * down).sum(1), (post * m).sum(1)
+
+
 def _describe(samples: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
     return {
         f"{prefix}_mean": samples.mean(0),
@@ -217,6 +256,7 @@ def change_stats(
     mode: Literal["change", "vanilla"],
     delta: float,
     pseudocounts: float,
+    shrink: bool = True,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-feature statistics from group-mean draws ``m1``, ``m2`` (draws x features).
 
@@ -229,8 +269,11 @@ def change_stats(
         cols = {"proba_m1": p1, "proba_m2": 1.0 - p1}
         score, proba = 2 * p1 - 1, p1
     else:
-        up, down = (change > delta).mean(0), (change < -delta).mean(0)
-        proba = up + down
+        if shrink:
+            up, down, _ = shrink_proba(change.mean(0), change.std(0), delta)
+        else:
+            up, down = (change > delta).mean(0), (change < -delta).mean(0)
+        proba = np.clip(up + down, 0.0, 1.0)
         tag = "de" if kind == "expression" else "da"
         cols = {f"proba_{tag}": proba, f"proba_not_{tag}": 1.0 - proba}
         score = up - down
@@ -243,6 +286,23 @@ def change_stats(
         cols |= _describe(change, "effect")
         cols["lfc_mean"] = lfc.mean(0)
     return cols, score
+
+
+def group_mean_draws(draws: dict, labels: Sequence[int], rng: np.random.Generator):
+    """Draws of a group's mean (draws x features), with the cells' observation noise.
+
+    The weighted mean of the decoded means gets, per draw, the noise that averaging the
+    observed values of these cells would carry: a gamma with the mean of the draw and the
+    variance of the weighted observation noise (Poisson for counts, Bernoulli for peaks).
+    """
+    labels = list(labels)
+    total = draws["weights"][labels].sum(0)[:, None]
+    mean = draws["sums"][labels].sum(0) / total
+    var = draws["noise"][labels].sum(0) / total**2
+    ok = (mean > 0) & (var > 0)
+    shape = np.where(ok, mean**2 / np.where(ok, var, 1.0), 1.0)
+    scale = np.where(ok, var / np.where(ok, mean, 1.0), 0.0)
+    return np.where(ok, rng.gamma(shape, scale), mean)
 
 
 def raw_sums(x, cells: np.ndarray, labels: np.ndarray, n_labels: int) -> dict[str, np.ndarray]:
@@ -360,6 +420,16 @@ class DEMixin:
             total = rho if total is None else total + rho
         return (total / len(codes)).float()
 
+    def _observation_variance(self, target: str, rho: torch.Tensor, library: torch.Tensor):
+        """Variance of a cell's observed value (count / library, or 0/1) around ``rho``."""
+        if self.module.modalities[target].head.binarize:
+            return rho * (1.0 - rho)
+        var = rho / library.reshape(1, -1, 1)
+        log_theta = getattr(self.module.decoders[target], "log_theta", None)
+        if log_theta is not None:  # negative binomial: the gamma part of the noise too
+            var = var + rho**2 / log_theta.detach().exp().cpu()
+        return var
+
     def _group_draws(
         self,
         data,
@@ -371,37 +441,45 @@ class DEMixin:
         n_samples: int,
         rng: np.random.Generator,
         batch_size: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Weighted sums of decoded means per label and draw, and the sums of the weights.
+    ) -> dict[str, np.ndarray]:
+        """Per label and draw: weighted sums of decoded means and of observation variances.
 
-        Returns ``sums`` (labels x draws x features) and ``weights`` (labels x draws).
+        Returns ``sums`` and ``noise`` (labels x draws x features, the latter with squared
+        weights) and ``weights`` (labels x draws).
         """
         n_batch = int(self.summary_stats.n_batch)
         codes = [None]
         if batch_correction and n_batch > 1:
             codes = [torch.tensor([[b]]) for b in range(n_batch)]
         n_features = len(self._features[target])
-        n_latent = self.module.n_latent
         gamma = torch.from_numpy(rng.standard_exponential((n_samples, len(groups.cells))))
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         chunk = max(1, min(batch_size or 1024, _CHUNK_FLOATS // (n_samples * n_features)))
-        sums = torch.zeros(groups.n_labels, n_samples, n_features, dtype=torch.float64)
+        shape = (groups.n_labels, n_samples, n_features)
+        sums, noise = (
+            torch.zeros(shape, dtype=torch.float64),
+            torch.zeros(shape, dtype=torch.float64),
+        )
         weights = torch.zeros(groups.n_labels, n_samples, dtype=torch.float64)
         labels = torch.from_numpy(groups.labels)
         start = 0
+        ref = float(np.exp(self.module.library_log_means[target]))
         for tensors, inf in self._iter_inference(
             data, indices=groups.cells, batch_size=chunk, use_modalities=use_modalities
         ):
             n = inf[MODULE_KEYS.QZ_KEY].loc.shape[0]
-            eps = torch.randn(n_samples, n, n_latent, generator=gen)
+            eps = torch.randn(n_samples, n, self.module.n_latent, generator=gen)
             rho = self._decode_draws(tensors, inf, eps, codes, target).cpu()
-            w, lab = gamma[:, start : start + n], labels[start : start + n]
+            library = inf[MODULE_KEYS.LIBRARY_KEY][target].cpu().float()
+            var = self._observation_variance(target, rho, torch.where(library > 0, library, ref))
+            w, lab = gamma[:, start : start + n].float(), labels[start : start + n]
             for label in lab.unique().tolist():
                 mask = lab == label
-                sums[label] += torch.einsum("sn,snf->sf", w[:, mask].float(), rho[:, mask])
+                sums[label] += torch.einsum("sn,snf->sf", w[:, mask], rho[:, mask])
+                noise[label] += torch.einsum("sn,snf->sf", w[:, mask] ** 2, var[:, mask])
                 weights[label] += w[:, mask].sum(1)
             start += n
-        return sums.numpy(), weights.numpy()
+        return {"sums": sums.numpy(), "noise": noise.numpy(), "weights": weights.numpy()}
 
     def _de_target(self, user, target: str):
         """The object whose ``uns`` receives results on ``target``'s features."""
@@ -443,14 +521,15 @@ class DEMixin:
         groups = resolve_groups(
             self, data, obs, groupby=groupby, group1=group1, group2=group2, idx1=idx1, idx2=idx2
         )
-        sums, weights = self._group_draws(
+        rng = np.random.default_rng(rng)
+        draws = self._group_draws(
             data,
             groups,
             target=target,
             use_modalities=use,
             batch_correction=batch_correction,
             n_samples=n_samples,
-            rng=np.random.default_rng(rng),
+            rng=rng,
             batch_size=batch_size,
         )
         key = self.module.modalities[target].registry_key
@@ -464,9 +543,8 @@ class DEMixin:
         names = self._features[target]
         frames, tables = [], {}
         for comp in groups.comparisons:
-            l1, l2 = list(comp.labels1), list(comp.labels2)
-            m1 = sums[l1].sum(0) / weights[l1].sum(0)[:, None]
-            m2 = sums[l2].sum(0) / weights[l2].sum(0)[:, None]
+            m1 = group_mean_draws(draws, comp.labels1, rng)
+            m2 = group_mean_draws(draws, comp.labels2, rng)
             cols, score = change_stats(
                 m1, m2, kind=kind, mode=mode, delta=delta, pseudocounts=pseudocounts
             )
