@@ -262,7 +262,10 @@ def change_stats(
 
     Returns the columns and a signed ranking score (``P(up) - P(down)``).
     """
-    lfc = np.log2(m1 + pseudocounts) - np.log2(m2 + pseudocounts)
+    tiny = 1e-12  # a gamma draw of a mean near 0 can be 0
+    lfc = np.log2(np.maximum(m1 + pseudocounts, tiny)) - np.log2(
+        np.maximum(m2 + pseudocounts, tiny)
+    )
     change = lfc if kind == "expression" else m1 - m2
     if mode == "vanilla":
         p1 = (m1 > m2).mean(0)
