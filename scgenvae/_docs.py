@@ -130,3 +130,65 @@ getter = {
     "batch_size": batch_size,
     "transform_batch": transform_batch,
 }
+
+#: the parameters of differential expression and accessibility, for ``@doc_params(**de)``
+de = {
+    "adata": adata,
+    "mdata": mdata,
+    "groupby": """\
+groupby
+    obs column of the groups to compare (of ``mdata.obs`` for a MuData).""",
+    "group1": """\
+group1
+    Group(s) of ``groupby`` to test, each against ``group2``. ``None``: every group with
+    cells (except ``group2``), one comparison each.""",
+    "group2": """\
+group2
+    Reference group of ``groupby``; ``None``: each group of ``group1`` against all other cells
+    (the rest).""",
+    "idx1": """\
+idx1
+    Cells of the first group instead of ``groupby``: a boolean mask, integer positions or obs
+    names.""",
+    "idx2": """\
+idx2
+    Cells of the second group (as ``idx1``); ``None``: all cells not in ``idx1``. The groups
+    must be disjoint.""",
+    "mode": """\
+mode
+    ``"change"``: posterior probability that the change exceeds ``delta`` in absolute value,
+    with FDR control; ``"vanilla"``: posterior probability that the group mean is higher in
+    group 1 (``proba_m1``), no FDR column.""",
+    "batch_correction": """\
+batch_correction
+    Decode every cell under each training batch and average (``False``: under its own batch
+    only, so batch effects confounded with the groups are tested too).""",
+    "fdr_target": """\
+fdr_target
+    Target of the posterior expected false discovery rate: the features called form the
+    largest set whose mean ``1 - proba`` is at most this.""",
+    "n_samples": """\
+n_samples
+    Posterior draws of the two group means (each: one latent sample per cell and one
+    Bayesian-bootstrap weighting of the cells). The probabilities have a resolution of
+    ``1 / n_samples``; the time grows linearly with it.""",
+    "all_stats": """\
+all_stats
+    Add the observed statistics of the two groups (means, fractions of non-zero values).""",
+    "key_added": """\
+key_added
+    Also write the result into ``uns[key_added]`` of the data (of the tested modality's
+    AnnData for a MuData) in scanpy's ``rank_genes_groups`` layout, for
+    ``sc.get.rank_genes_groups_df`` and ``sc.pl.rank_genes_groups_*``. Needs ``groupby``. An
+    existing entry is replaced only if this method wrote it.""",
+    "modality": """\
+modality
+    Posterior used: ``"joint"`` (every observed modality), or one modality's encoder alone.""",
+    "batch_size": """\
+batch_size
+    Most cells decoded at once (fewer with many features and samples, to bound memory).""",
+    "rng": """\
+rng
+    Seed or :class:`numpy.random.Generator` of the posterior draws (``None``: fresh
+    entropy).""",
+}

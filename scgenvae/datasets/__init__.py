@@ -14,6 +14,7 @@ from ._bundled import (
 )
 from ._cell_cycle import synthetic_cell_cycle
 from ._synthetic import synthetic_multiome, synthetic_rna
+from ._synthetic_de import synthetic_de
 
 __all__ = [
     "cellbench",
@@ -22,6 +23,7 @@ __all__ = [
     "pbmc_multiome_subset",
     "scicar_a549",
     "synthetic_cell_cycle",
+    "synthetic_de",
     "synthetic_multiome",
     "synthetic_rna",
     "tricycle_neurosphere",

@@ -44,6 +44,7 @@ from ._data import (
     RowSource,
     registry_arrays,
 )
+from ._de import DEMixin
 from ._export import check_latent_write, write_latent
 from ._io import (
     SaveLoadMixin,
@@ -100,7 +101,12 @@ def covariate_fields(args: dict) -> list:
 
 
 class BaseScgenvaeModel(
-    ScviCompatMixin, SaveLoadMixin, TrainingMixin, UnsupervisedTrainingMixin, BaseModelClass
+    ScviCompatMixin,
+    DEMixin,
+    SaveLoadMixin,
+    TrainingMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
 ):
     """Shared user-facing machinery of scgenvae models (not used directly)."""
 

@@ -32,6 +32,8 @@ from ._validate import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ._de import RNGLike, SeedLike
+
 logger = logging.getLogger(__name__)
 
 _GEX = "Gene Expression"
@@ -643,3 +645,76 @@ class MultiVAE(BaseScgenvaeModel):
             batch_size=batch_size,
             observed_library=use is None,
         )["atac"]
+
+    @doc_params(**_docs.de)
+    def differential_accessibility(
+        self,
+        mdata: MuData | None = None,
+        *,
+        groupby: str | None = None,
+        group1: str | Sequence[str] | None = None,
+        group2: str | None = None,
+        idx1=None,
+        idx2=None,
+        mode: Literal["change", "vanilla"] = "change",
+        delta: float | None = None,
+        batch_correction: bool = True,
+        fdr_target: float = 0.05,
+        n_samples: int = 200,
+        all_stats: bool = True,
+        key_added: str | None = None,
+        modality: Literal["joint", "rna", "atac"] = "joint",
+        batch_size: int | None = None,
+        rng: SeedLike | RNGLike = None,
+    ) -> pd.DataFrame:
+        """Differential accessibility between two groups of cells, from the model's posterior.
+
+        As :meth:`differential_expression`, on the probability that each peak is accessible,
+        decoded at the training data's mean log depth (so that differences of sequencing
+        depth between the groups are not tested), and with the change measured as the
+        difference of the two groups' mean probabilities.
+
+        Parameters
+        ----------
+        {mdata}
+        {groupby}
+        {group1}
+        {group2}
+        {idx1}
+        {idx2}
+        {mode}
+        delta
+            Smallest absolute difference of accessibility probabilities that counts as
+            differential (``"change"`` mode); ``None``: 0.05, as scvi-tools' MULTIVI.
+        {batch_correction}
+        {fdr_target}
+        {n_samples}
+        {all_stats}
+        {key_added}
+        {modality}
+        {batch_size}
+        {rng}
+
+        Returns
+        -------
+        A DataFrame indexed by peak with ``proba_da``, ``proba_not_da``, ``bayes_factor``,
+        ``est_prob1``/``est_prob2`` (posterior mean accessibility of the groups),
+        ``effect_mean``, ``effect_median``, ``effect_std``, ``effect_min``, ``effect_max``
+        (``est_prob1 - est_prob2``), ``lfc_mean`` (log2 ratio of the probabilities),
+        ``is_da_fdr_<fdr_target>``, ``delta`` and ``pseudocounts`` (0); with ``all_stats``
+        also ``emp_prob1/2`` (fraction of cells with the peak open, among cells with ATAC)
+        and ``emp_effect``; with ``groupby``, ``comparison``, ``group1`` and ``group2``.
+        With ``key_added``, sets ``mdata.mod[atac_mod].uns[key_added]`` as
+        :meth:`differential_expression` does (``pvals``: ``proba_not_da``).
+        """
+        if self._atac_likelihood != "bernoulli":
+            msg = (
+                "differential_accessibility compares accessibility probabilities, which a "
+                "model with `atac_likelihood='poisson'` does not estimate."
+            )
+            raise ValueError(msg)
+        args = dict(locals())
+        del args["self"], args["mdata"]
+        return self._differential(
+            mdata, kind="accessibility", target="atac", pseudocounts=None, **args
+        )
