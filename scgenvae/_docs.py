@@ -61,6 +61,13 @@ transform_batch = """\
 transform_batch
     Decode every cell as if it came from this training batch (batch correction)."""
 
+train_intro = """\
+Training can run on several devices or machines through Lightning's distributed data
+parallel strategies (``strategy="ddp"``, ``devices=N``, ``num_nodes=M``; see the user
+guide's page on distributed training): each process trains on its share of the cells
+and the model is trained in the launching process afterwards. In notebooks and
+interactive sessions use ``strategy="ddp_notebook"``; ``"ddp_spawn"`` is not supported."""
+
 train = """\
 max_epochs
     Number of passes over the data; by default scvi-tools' heuristic

@@ -92,8 +92,9 @@ def synthetic_de(
     zz = rng.normal(size=(20_000, n_latent))
     bb = np.arange(20_000) % n_batches
     pop = [
-        _shares(base, zz, loadings, batch_effect[bb], np.outer(np.full(20_000, g), lfc * np.log(2)))
-        .mean(0)
+        _shares(
+            base, zz, loadings, batch_effect[bb], np.outer(np.full(20_000, g), lfc * np.log(2))
+        ).mean(0)
         for g in (0, 1)
     ]
     is_de = np.zeros(n_vars, dtype=bool)

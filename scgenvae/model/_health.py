@@ -133,33 +133,14 @@ def health_report(
     report["latent_sd"] = [float(v) for v in np.nan_to_num(z.std(axis=0), nan=0.0)]
 
     report["finite"] = history_finite and latent_finite and parameters_finite
-    if not report["finite"]:
-        where = [
-            name
-            for name, ok in (
-                ("training loss", history_finite),
-                ("latent", latent_finite),
-                ("parameters", parameters_finite),
-            )
-            if not ok
-        ]
-        problems.append(
-            f"non-finite values in the {', '.join(where)}. Check the input for extreme values "
-            "and retrain with a lower learning rate (e.g. `lr=1e-4`)."
-        )
-    elif report["divergence_ratio"] > DIVERGENCE_RATIO:
-        problems.append(
-            f"training diverged: an epoch's loss reached {report['divergence_ratio']:.3g} times "
-            "the best loss before it (a stable fit only falls). Retrain with a lower learning "
-            "rate (e.g. `lr=1e-4`) and check `model.history['train_loss']`."
-        )
-    if report["finite"] and report["active_dimensions"] < min(2, report["n_latent"]):
-        problems.append(
-            f"posterior collapse: {report['active_dimensions']} of {report['n_latent']} latent "
-            f"dimensions vary across cells (variance of the posterior mean > {ACTIVE_VARIANCE}), "
-            "so the latent carries almost nothing about the cells. Train longer, or with a "
-            "longer KL warm-up (`n_epochs_kl_warmup`), and check that the input holds raw counts."
-        )
+    problems += _fit_problems(
+        report,
+        finite={
+            "training loss": history_finite,
+            "latent": latent_finite,
+            "parameters": parameters_finite,
+        },
+    )
 
     report["modality_foscttm"] = None
     report["modality_foscttm_cells"] = None
@@ -260,3 +241,28 @@ def _check_modalities(
         "to be trusted. Check that the modalities' cells are paired by the same "
         "obs names, then train longer or raise `alignment_weight`."
     )
+
+
+def _fit_problems(report: dict, *, finite: dict[str, bool]) -> list[str]:
+    """Non-finite values, divergence and posterior collapse, in words with what to try."""
+    problems = []
+    if not report["finite"]:
+        where = [name for name, ok in finite.items() if not ok]
+        problems.append(
+            f"non-finite values in the {', '.join(where)}. Check the input for extreme values "
+            "and retrain with a lower learning rate (e.g. `lr=1e-4`)."
+        )
+    elif report["divergence_ratio"] > DIVERGENCE_RATIO:
+        problems.append(
+            f"training diverged: an epoch's loss reached {report['divergence_ratio']:.3g} times "
+            "the best loss before it (a stable fit only falls). Retrain with a lower learning "
+            "rate (e.g. `lr=1e-4`) and check `model.history['train_loss']`."
+        )
+    if report["finite"] and report["active_dimensions"] < min(2, report["n_latent"]):
+        problems.append(
+            f"posterior collapse: {report['active_dimensions']} of {report['n_latent']} latent "
+            f"dimensions vary across cells (variance of the posterior mean > {ACTIVE_VARIANCE}), "
+            "so the latent carries almost nothing about the cells. Train longer, or with a "
+            "longer KL warm-up (`n_epochs_kl_warmup`), and check that the input holds raw counts."
+        )
+    return problems

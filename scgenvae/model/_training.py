@@ -134,7 +134,7 @@ class TrainingMixin:
     #: longest default KL warm-up, in epochs (``train(n_epochs_kl_warmup=None)``)
     _kl_warmup_cap = 100
 
-    @doc_params(params=_docs.train)
+    @doc_params(intro=_docs.train_intro, params=_docs.train)
     def train(
         self,
         max_epochs: int | None = None,
@@ -162,11 +162,7 @@ class TrainingMixin:
     ) -> None:
         """Train the model with scvi-tools' Lightning machinery.
 
-        Training can run on several devices or machines through Lightning's distributed data
-        parallel strategies (``strategy="ddp"``, ``devices=N``, ``num_nodes=M``; see the user
-        guide's page on distributed training): each process trains on its share of the cells
-        and the model is trained in the launching process afterwards. In notebooks and
-        interactive sessions use ``strategy="ddp_notebook"``; ``"ddp_spawn"`` is not supported.
+        {intro}
 
         Parameters
         ----------
@@ -200,6 +196,8 @@ class TrainingMixin:
             train_size = 1.0
         self._train_seed = seed
         self._trainer_defaults(trainer_kwargs, stopper, checkpoint_dir, checkpoint_every, seed)
+        splitter = self._stream_kwargs(load_in_memory=load_in_memory, block_size=block_size)
+        splitter.update(seed=seed, sparse_keys=self._sparse_keys)
         self._fit(
             early_stopping=early_stopping,
             trainer_kwargs=trainer_kwargs,
@@ -211,17 +209,10 @@ class TrainingMixin:
             batch_size=batch_size,
             plan_kwargs=plan_kwargs,
             shuffle_set_split=shuffle_set_split,
-            datasplitter_kwargs={
-                "seed": seed,
-                "sparse_keys": self._sparse_keys,
-                **self._stream_kwargs(load_in_memory=load_in_memory, block_size=block_size),
-            },
+            datasplitter_kwargs=splitter,
         )
-        if stopper is not None:
-            stopper.restore_best(self.module)
-        self.module.eval()
-        print_line = trainer_kwargs.get("enable_progress_bar", True)
-        self._check_fit(max_epochs=max_epochs, stopper=stopper, print_line=print_line)
+        bar = trainer_kwargs.get("enable_progress_bar", True)
+        self._check_fit(max_epochs=max_epochs, stopper=stopper, print_line=bar)
 
     def _fit(self, *, early_stopping: bool, trainer_kwargs: dict, **train_kwargs) -> None:
         """Run scvi-tools' ``train`` quietly, with the allocator and logging settings."""
@@ -379,6 +370,9 @@ class TrainingMixin:
 
     def _check_fit(self, *, max_epochs: int, stopper, print_line: bool) -> None:
         """Fill :attr:`training_report`, say why training stopped, warn about failures."""
+        if stopper is not None:  # the parameters of the best epoch
+            stopper.restore_best(self.module)
+        self.module.eval()
         epochs_run = int(getattr(self.trainer, "current_epoch", max_epochs) or 0)
         summary = stopper.summary() if stopper is not None else None
         paired, which = self._paired_check_cells()
