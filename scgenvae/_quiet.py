@@ -30,6 +30,7 @@ _WARNINGS = (
     r".*Sparse invariant checks are implicitly.*",
     r".*will not pull obs/var columns from individual modalities.*",
     r".*The method obs_vector is deprecated.*",
+    r".*The set_bad function will be deprecated.*",
 )
 
 
