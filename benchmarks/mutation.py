@@ -156,11 +156,15 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _mutmut(work: Path, *args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("mutmut")
-    return subprocess.run(
-        [str(exe), *args], cwd=work, env=_env(), text=True, capture_output=True, check=False
-    )
+def _mutmut(work: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess:
+    """Run mutmut in ``work``; its output is returned, or appended to ``log`` as it comes."""
+    cmd = [str(Path(sys.executable).with_name("mutmut")), *args]
+    if log is None:
+        return subprocess.run(
+            cmd, cwd=work, env=_env(), text=True, capture_output=True, check=False
+        )
+    with log.open("a") as out:
+        return subprocess.run(cmd, cwd=work, env=_env(), stdout=out, stderr=out, check=False)
 
 
 def results(work: Path, spec: dict) -> dict[str, str]:
@@ -200,20 +204,19 @@ def run_module(module: str, spec: dict, shared: dict, *, keep: bool) -> str:
     patterns = list(spec.get("functions", []))
     start = time.perf_counter()
     print(f"[{module}] mutmut run in {work.relative_to(ROOT)}", flush=True)
-    proc = _mutmut(work, "run", "--max-children", "1", *patterns)
-    (work / "mutmut-run.log").write_text(proc.stdout + proc.stderr)
-    if keep:
+    log = work / "mutmut-run.log"
+    log.unlink(missing_ok=True)
+    proc = _mutmut(work, "run", "--max-children", "1", *patterns, log=log)
+    if keep and proc.returncode == 0:
         # a kept run does not retest a mutant whose result it has: retest the ones not killed,
         # against the tests as they are now
         again = [n for n, s in results(work, spec).items() if s not in ("killed", "timeout")]
         if again:
-            proc = _mutmut(work, "run", "--max-children", "1", *again)
-            with (work / "mutmut-run.log").open("a") as log:
-                log.write(proc.stdout + proc.stderr)
+            proc = _mutmut(work, "run", "--max-children", "1", *again, log=log)
     wall = time.perf_counter() - start
     status = results(work, spec)
     if proc.returncode != 0 or not status:
-        tail = (proc.stdout + proc.stderr)[-3000:]
+        tail = log.read_text()[-3000:]
         msg = f"mutmut failed on {module} (exit {proc.returncode}):\n{tail}"
         raise RuntimeError(msg)
     return section(module, spec, work, status, wall)
@@ -234,7 +237,11 @@ def section(module: str, spec: dict, work: Path, status: dict[str, str], wall: f
         f"## {module}",
         "",
         f"Mutated: {', '.join(f'`{p}`' for p in spec['mutate'])}"
-        + (f" (functions {', '.join(f'`{p}`' for p in spec['functions'])})" if spec.get("functions") else "")
+        + (
+            f" (functions {', '.join(f'`{p}`' for p in spec['functions'])})"
+            if spec.get("functions")
+            else ""
+        )
         + ".",
         f"Tests: `{' '.join(spec['tests'])}`.",
         "",
@@ -304,14 +311,16 @@ def _summary(found: dict[str, str], order: list[str]) -> str:
             rows.append(f"| {module} | not run | |")
             continue
         numbers = re.search(r"\n\| (\d+) \|.*\| ([\d.]+%) \|\n", found[module])
-        rows.append(f"| [{module}](#{module.replace('_', '-')}) | {numbers[1]} | {numbers[2]} |")
+        rows.append(f"| [{module}](#{module}) | {numbers[1]} | {numbers[2]} |")
     return "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     shared, modules = _config()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("modules", nargs="*", help=f"modules to run (default all: {list(modules)})")
+    parser.add_argument(
+        "modules", nargs="*", help=f"modules to run (default all: {list(modules)})"
+    )
     parser.add_argument("--keep", action="store_true", help="reuse the last run of each module")
     parser.add_argument("--list", action="store_true", help="print the modules and exit")
     parser.add_argument("--no-report", action="store_true", help=f"do not update {REPORT.name}")
