@@ -1,0 +1,77 @@
+"""Tests of ``scgenvae.tl._circular`` for the cases mutation testing found unchecked.
+
+Weighted circular means by hand, the smallest valid input, angles that ``np.mod`` rounds up to
+2*pi, and :func:`best_shift` against a brute-force search, on inputs large enough for its
+chunked and gridded paths. The mutants each test kills are listed in docs/dev/mutation.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scgenvae.tl import best_shift, circular_correlation, circular_distance, circular_error
+from scgenvae.tl._circular import TWO_PI, circular_mean, wrap_angle
+
+
+def test_weighted_circular_mean_by_hand():
+    a = np.array([0.0, np.pi / 2])
+    assert circular_mean(a) == pytest.approx(np.pi / 4)
+    assert circular_mean(a, weights=[1.0, 3.0]) == pytest.approx(np.arctan2(3.0, 1.0))
+    assert circular_mean(a, weights=[0.0, 2.0]) == pytest.approx(np.pi / 2)
+    # a mean direction just below 0 is reported in [0, 2*pi)
+    assert circular_mean([-0.1, -0.3]) == pytest.approx(TWO_PI - 0.2)
+
+
+def test_wrap_angle_of_tiny_negative_angles_is_zero():
+    """np.mod(-1e-20, 2*pi) rounds to 2*pi exactly; the result must stay in [0, 2*pi)."""
+    assert np.mod(-1e-20, TWO_PI) == TWO_PI  # the case the guard is for
+    w = wrap_angle(np.array([-1e-20, -TWO_PI, 7.0]))
+    np.testing.assert_allclose(w, [0.0, 0.0, 7.0 - TWO_PI], atol=1e-15)
+    assert (w < TWO_PI).all()
+
+
+def test_two_angles_are_enough_one_is_not():
+    assert circular_error([0.0, 1.0], [0.5, 1.5]) == pytest.approx(0.0, abs=1e-9)
+    assert circular_correlation([0.0, 1.0], [0.5, 1.5], method="fl") == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        circular_error([0.0], [0.5])
+    with pytest.raises(ValueError, match="finite"):
+        circular_error([0.0, 1.0], [0.5, np.inf])
+
+
+def _median_error(angle, reference, shift):
+    return np.median(circular_distance(angle + shift, reference))
+
+
+@pytest.mark.parametrize(("n", "tol"), [(700, 1e-4), (2100, 1e-3)])
+def test_best_shift_is_as_good_as_a_fine_grid(n, tol):
+    """Many candidates (chunked by 256) and, above 2,000 cells, a coarse grid of shifts."""
+    rng = np.random.default_rng(n)
+    reference = rng.uniform(0, TWO_PI, n)
+    angle = reference - 2.2 + rng.vonmises(0.0, 2.0, n)
+    s = best_shift(angle, reference)
+    assert 0 <= s < TWO_PI
+    grid = np.linspace(0, TWO_PI, 6000, endpoint=False)
+    brute = min(
+        np.median(
+            circular_distance(angle[None, :] + grid[i : i + 500, None], reference), axis=1
+        ).min()
+        for i in range(0, grid.size, 500)
+    )
+    # at least as good as a 1e-3-spaced grid, up to the search's resolution (above 2,000
+    # cells the coarse grid can miss the best basin of the noisy median by a little)
+    assert _median_error(angle, reference, s) <= brute + tol
+    assert circular_distance(s, 2.2) < 0.1
+    assert circular_error(angle, reference) == pytest.approx(
+        _median_error(angle, reference, s) / TWO_PI
+    )
+
+
+def test_best_shift_resolution_on_a_rotated_copy_of_many_cells():
+    """Above 2,000 cells the candidates are a grid; the fine search recovers the exact shift."""
+    a = np.random.default_rng(0).uniform(0, TWO_PI, 2500)
+    shift = 1.234567
+    s = best_shift(a, a + shift)
+    assert circular_distance(s, shift) < 1e-4
+    assert circular_error(a, a + shift) < 1e-5
