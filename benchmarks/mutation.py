@@ -7,6 +7,8 @@ Usage::
     python benchmarks/mutation.py nn --keep               # reuse the last run's mutants and
                                                           # results; retest what was not killed
     python benchmarks/mutation.py --list                  # the modules and their tests
+    python benchmarks/mutation.py nn --report-only        # rewrite nn's report section from
+                                                          # its last run (after editing notes)
 
 The tool is mutmut (``[tool.mutmut]`` in pyproject.toml holds its shared settings). Each module
 is a table ``[tool.scgenvae.mutation.<module>]`` in pyproject.toml:
@@ -198,8 +200,16 @@ def _cpu() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def run_module(module: str, spec: dict, shared: dict, *, keep: bool) -> str:
-    """Run mutmut on one module; return its report section."""
+def run_module(module: str, spec: dict, shared: dict, *, keep: bool, report_only: bool) -> str:
+    """Run mutmut on one module (or only read its last run); return its report section."""
+    if report_only:
+        work = WORK / module
+        if not (work / "wall_s").exists():
+            msg = f"no finished run of {module} in {work}"
+            raise RuntimeError(msg)
+        return section(
+            module, spec, work, results(work, spec), float((work / "wall_s").read_text())
+        )
     work = prepare(module, spec, shared, keep=keep)
     patterns = list(spec.get("functions", []))
     start = time.perf_counter()
@@ -219,6 +229,7 @@ def run_module(module: str, spec: dict, shared: dict, *, keep: bool) -> str:
         tail = log.read_text()[-3000:]
         msg = f"mutmut failed on {module} (exit {proc.returncode}):\n{tail}"
         raise RuntimeError(msg)
+    (work / "wall_s").write_text(f"{wall:.0f}\n")
     return section(module, spec, work, status, wall)
 
 
@@ -324,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="reuse the last run of each module")
     parser.add_argument("--list", action="store_true", help="print the modules and exit")
     parser.add_argument("--no-report", action="store_true", help=f"do not update {REPORT.name}")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report sections from the last runs (after editing the notes)",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, spec in modules.items():
@@ -333,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown module(s) {unknown}; configured: {list(modules)}")
     for module in args.modules or list(modules):
-        text = run_module(module, modules[module], shared, keep=args.keep)
+        text = run_module(
+            module, modules[module], shared, keep=args.keep, report_only=args.report_only
+        )
         print(text, flush=True)
         if not args.no_report:
             write_report({module: text}, list(modules))

@@ -1,0 +1,147 @@
+"""Tests of ``scgenvae.module`` against closed forms, for cases mutation testing found unchecked.
+
+KL terms against torch's ``kl_divergence``, the product of experts against the Gaussian
+product formula, decoder initialisation against the data's profile, the library-size centre by
+hand, and the loss as the sum of its parts. The mutants each test kills are listed in
+docs/dev/mutation.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Categorical, Normal, kl_divergence
+
+from scgenvae.module import GaussianMixturePrior, ModalitySpec, MultiModalVAEModule
+from scgenvae.module._priors import StandardNormalPrior
+from scgenvae.module._vae import _product_of_experts, log_library_mean
+
+
+def _qz(n: int = 5, d: int = 3, seed: int = 0) -> Normal:
+    gen = torch.Generator().manual_seed(seed)
+    loc = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    scale = torch.rand(n, d, generator=gen, dtype=torch.float64) + 0.2
+    return Normal(loc, scale)
+
+
+def test_standard_normal_kl_equals_torch():
+    qz = _qz()
+    expected = kl_divergence(qz, Normal(0.0, 1.0)).sum(-1)
+    out = StandardNormalPrior().kl(qz, None, {})
+    torch.testing.assert_close(out["kl_z"], expected)
+    assert StandardNormalPrior().infer_cluster(qz) == {}
+
+
+def test_mixture_prior_terms_equal_torch_kls():
+    torch.manual_seed(0)
+    prior = GaussianMixturePrior(4, 3).double()
+    with torch.no_grad():
+        prior.log_scales.copy_(torch.tensor([[0.1, -0.3, 0.5]]))
+    qz = _qz()
+    comp = torch.stack(
+        [
+            kl_divergence(qz, Normal(prior.means[k], prior.log_scales[0].exp())).sum(-1)
+            for k in range(4)
+        ],
+        -1,
+    )
+    torch.testing.assert_close(prior.component_kl(qz), comp)
+    torch.testing.assert_close(prior.cluster_logits(qz), -comp)
+    # before initialise() the prior is N(0, I) and there is no cluster KL
+    qc = prior.infer_cluster(qz)["qc"]
+    warm = prior.kl(qz, None, {"qc": qc})
+    torch.testing.assert_close(warm["kl_z"], kl_divergence(qz, Normal(0.0, 1.0)).sum(-1))
+    assert torch.equal(warm["kl_c"], torch.zeros(5, dtype=torch.float64))
+    prior.initialised.fill_(1)
+    prior.eval()
+    out = prior.kl(qz, None, {"qc": qc}, tau=0.5)
+    # outside training: expectation over q(c), and KL(q(c) || uniform)
+    torch.testing.assert_close(out["kl_z"], (qc.probs * comp).sum(-1))
+    uniform = Categorical(logits=torch.zeros(5, 4, dtype=torch.float64))
+    torch.testing.assert_close(out["kl_c"], kl_divergence(qc, uniform))
+    assert float(out["tau"]) == 0.5
+    assert "tau" not in prior.kl(qz, None, {"qc": qc})
+    # in training, with a temperature: weighted by a relaxed one-hot sample (rows sum to 1)
+    prior.train()
+    sampled = prior.kl(qz, None, {"qc": qc}, tau=0.5)["kl_z"]
+    assert (
+        (sampled >= comp.min(-1).values - 1e-9) & (sampled <= comp.max(-1).values + 1e-9)
+    ).all()
+    assert not torch.allclose(sampled, out["kl_z"])
+
+
+def test_mixture_prior_initialise_places_components_on_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.array([[-5.0, 0.0], [5.0, 0.0], [0.0, 6.0]])
+    z = np.concatenate([c + rng.normal(scale=[0.5, 1.0], size=(50, 2)) for c in centres])
+    prior = GaussianMixturePrior(3, 2)
+    with pytest.raises(ValueError, match="n_clusters"):
+        GaussianMixturePrior(1, 2)
+    prior.initialise(torch.as_tensor(z, dtype=torch.float32))
+    assert bool(prior.initialised)
+    found = prior.means.detach().numpy()
+    for c in centres:
+        assert np.min(np.linalg.norm(found - c, axis=1)) < 0.5
+    # the shared scale is the within-cluster spread per dimension
+    np.testing.assert_allclose(prior.log_scales.exp().detach().numpy()[0], [0.5, 1.0], rtol=0.25)
+    # initial means (before initialise) lie on a sphere of radius 2
+    fresh = GaussianMixturePrior(5, 4)
+    torch.testing.assert_close(fresh.means.norm(dim=1), torch.full((5,), 2.0))
+    assert torch.equal(fresh.log_scales, torch.zeros(1, 4))
+
+
+def test_product_of_experts_closed_form():
+    mu = [torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0], [-1.0]])]
+    var = [torch.tensor([[0.5], [2.0]]), torch.tensor([[1.0], [4.0]])]
+    masks = [torch.tensor([True, True]), torch.tensor([True, False])]
+    q = _product_of_experts(mu, var, masks)
+    # cell 0: prior N(0,1) x N(1,0.5) x N(3,1): precision 1+2+1 = 4, mean (0+2+3)/4
+    # cell 1: prior x N(2,2) (the second expert is masked): precision 1.5, mean 1/1.5
+    torch.testing.assert_close(q.loc, torch.tensor([[5 / 4], [1 / 1.5]]))
+    torch.testing.assert_close(q.scale, torch.tensor([[0.5], [(1 / 1.5) ** 0.5]]))
+
+
+def test_log_library_mean_by_hand():
+    assert log_library_mean(np.array([0.0, math.e, math.e**3])) == pytest.approx(2.0)
+    assert log_library_mean(np.zeros(4)) == 0.0
+    assert log_library_mean([[1.0, 0.0]]) == 0.0
+
+
+def test_init_feature_biases_start_at_the_data_profile():
+    mods = {"rna": ModalitySpec("X", 4), "atac": ModalitySpec("atac", 3, "bernoulli")}
+    mod = MultiModalVAEModule(mods, n_latent=2)
+    rna_mean = np.array([1.0, 3.0, 0.0, 4.0])
+    peak_freq = np.array([0.1, 0.5, 0.0])
+    mod.init_feature_biases({"rna": rna_mean, "atac": peak_freq})
+    share = torch.softmax(mod.decoders["rna"].head.bias.double(), 0)
+    torch.testing.assert_close(
+        share, torch.tensor([0.125, 0.375, 0.0, 0.5]).double(), atol=1e-7, rtol=1e-4
+    )
+    p = torch.sigmoid(mod.decoders["atac"].region_bias.double())
+    torch.testing.assert_close(p, torch.tensor([0.1, 0.5, 1e-5]).double(), rtol=1e-4, atol=1e-7)
+
+
+def test_loss_is_the_sum_of_its_terms():
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", 5, "bernoulli")}
+    mod = MultiModalVAEModule(mods, n_latent=2, alignment_weight=0.7).eval()
+    gen = torch.Generator().manual_seed(0)
+    t = {
+        "X": torch.poisson(torch.full((4, 6), 3.0), generator=gen),
+        "atac": (torch.rand(4, 5, generator=gen) < 0.5).float(),
+    }
+    t["atac"][0] = 0.0  # one cell without ATAC
+    inf = mod.inference(**mod._get_inference_input(t))
+    out = mod.generative(**mod._get_generative_input(t, inf))
+    loss = mod.loss(t, inf, out, kl_weight=0.3)
+    rec = loss.reconstruction_loss
+    assert torch.equal(rec["atac"][0], torch.tensor(0.0))  # unobserved: not scored
+    qa, qb = inf["qz_modality"]["rna"], inf["qz_modality"]["atac"]
+    align = (kl_divergence(qa, qb) + kl_divergence(qb, qa)).sum(-1) * torch.tensor([0, 1, 1, 1.0])
+    kl = kl_divergence(inf["qz"], Normal(0.0, 1.0)).sum(-1)
+    expected = rec["rna"] + rec["atac"] + 0.3 * kl + 0.7 * align
+    torch.testing.assert_close(loss.loss, expected.mean())
+    torch.testing.assert_close(loss.kl_local["kl_z"], kl)
+    torch.testing.assert_close(loss.extra_metrics["kl_align"], align.mean())
