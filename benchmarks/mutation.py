@@ -99,6 +99,17 @@ diff.
 """
 
 
+# loaded into every pytest run of mutmut (`-p _mutation_hypothesis`): hypothesis draws the same
+# examples for every mutant and keeps no example database, so that a counterexample found for
+# one mutant is not replayed against the next ones or against the original code
+HYPOTHESIS_PLUGIN = """\
+from hypothesis import settings
+
+settings.register_profile("mutation", database=None, derandomize=True)
+settings.load_profile("mutation")
+"""
+
+
 def _config() -> tuple[dict, dict]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     modules = data["tool"]["scgenvae"]["mutation"]
@@ -135,6 +146,10 @@ def prepare(module: str, spec: dict, shared: dict, *, keep: bool) -> Path:
     settings = dict(shared)
     settings["only_mutate"] = list(spec["mutate"])
     settings["pytest_add_cli_args_test_selection"] = list(spec["tests"])
+    settings["pytest_add_cli_args"] = [*shared.get("pytest_add_cli_args", [])]
+    settings["pytest_add_cli_args"] += ["-p", "_mutation_hypothesis"]
+    settings["also_copy"] = [*shared.get("also_copy", []), "_mutation_hypothesis.py"]
+    (work / "_mutation_hypothesis.py").write_text(HYPOTHESIS_PLUGIN)
     text = _toml_table("tool.mutmut", settings) + "\n"
     text += _toml_table("tool.pytest.ini_options", pytest_ini)
     (work / "pyproject.toml").write_text(text)
@@ -211,6 +226,8 @@ def run_module(module: str, spec: dict, shared: dict, *, keep: bool, report_only
             module, spec, work, results(work, spec), float((work / "wall_s").read_text())
         )
     work = prepare(module, spec, shared, keep=keep)
+    # a kept run's wall time adds to the run it continues
+    before = float((work / "wall_s").read_text()) if keep and (work / "wall_s").exists() else 0.0
     patterns = list(spec.get("functions", []))
     start = time.perf_counter()
     print(f"[{module}] mutmut run in {work.relative_to(ROOT)}", flush=True)
@@ -223,7 +240,7 @@ def run_module(module: str, spec: dict, shared: dict, *, keep: bool, report_only
         again = [n for n, s in results(work, spec).items() if s not in ("killed", "timeout")]
         if again:
             proc = _mutmut(work, "run", "--max-children", "1", *again, log=log)
-    wall = time.perf_counter() - start
+    wall = before + time.perf_counter() - start
     status = results(work, spec)
     if proc.returncode != 0 or not status:
         tail = log.read_text()[-3000:]
