@@ -120,3 +120,82 @@ def test_csr_matmul_weight_gradient_across_minibatches():
     (got,) = torch.autograd.grad(csr_matmul_fn(x.to_sparse_csr(), weight).sum(), weight)
     assert torch.equal(got[1:], torch.zeros(11, 3, dtype=torch.float64))
     torch.testing.assert_close(got[0], torch.full((3,), 4.0, dtype=torch.float64))
+
+
+def test_sparse_linear_initialisation_spans_the_bound():
+    """Weights and biases uniform on (-1/sqrt(n_in), 1/sqrt(n_in)), as torch's nn.Linear."""
+    torch.manual_seed(0)
+    lin = SparseLinear(30, 40)
+    bound = 1 / 30**0.5
+    for param in (lin.weight, lin.bias):
+        assert param.abs().max() <= bound
+        assert param.max() > 0.8 * bound
+        assert param.min() < -0.8 * bound
+
+
+def test_dropout_rounds_p_to_multiples_of_2_to_the_minus_16():
+    assert Dropout().p == 0.1  # the default
+    assert Dropout(0.75).effective_p == 0.75  # already a multiple: kept exactly
+    assert Dropout(0.25).effective_p == 0.25
+
+
+@pytest.mark.parametrize("p", [1 - 2 / 65536, 1 - 3 / 65536])
+def test_dropout_keeps_the_mean_when_almost_everything_is_dropped(p):
+    """With 2 or 3 lanes of 65536 kept, one lane more or less would show in the mean."""
+    drop = Dropout(p)
+    assert drop.effective_p == p
+    x = torch.ones(2**23)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = int((y != 0).sum())
+    expected = 2**23 * (1 - p)  # 256 or 384 units
+    assert abs(kept - expected) < 5 * expected**0.5
+    assert abs(float(y.mean()) - 1.0) < 0.3
+
+
+def test_covariate_injection_rejects_a_wrong_number_of_covariates():
+    inj = CovariateInjection(3, n_cats_per_cov=(2, 3))
+    h = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="shorter|longer"):
+        inj(h, [torch.tensor([[0], [1]])], None)
+
+
+def test_layers_and_encoder_defaults_and_continuous_covariates():
+    net = FCLayers(5, 3)
+    assert len(net.linears) == 1
+    assert not isinstance(net.linears[0], SparseLinear)
+    assert net.injections[0].continuous is None
+    enc = GaussianEncoder(5, 2)
+    assert enc.mean.in_features == 128
+    assert len(enc.net.linears) == 1
+    assert enc.net.dropout.p == 0.1
+    assert enc.var_eps == 1e-4
+    assert not enc.net.sparse_input
+    assert enc.net.injections[0].continuous is None
+    # arguments reach the layers
+    enc = GaussianEncoder(5, 2, n_hidden=7, n_layers=2, n_continuous_cov=2, dropout_rate=0.3)
+    assert len(enc.net.linears) == 2
+    assert enc.net.dropout.p == 0.3
+    enc.eval()
+    x = torch.rand(4, 5)
+    cont = torch.randn(4, 2)
+    with torch.no_grad():
+        for inj in enc.net.injections:
+            inj.continuous.weight.normal_()
+    assert not torch.allclose(enc(x, (), cont)[0], enc(x, (), torch.zeros(4, 2))[0])
+    net = FCLayers(5, 3, n_continuous_cov=2).eval()
+    assert not torch.allclose(net(x, (), cont), net(x, (), -cont))
+
+
+def test_csr_matmul_of_double_data_with_float_weights():
+    """The values are cast to the weight's dtype, forwards and backwards."""
+    x = _sparse_rows(6, 10, 0.3, seed=4).to(torch.float64)
+    weight = torch.randn(10, 3, requires_grad=True)
+    upstream = torch.randn(6, 3)
+    expected = x.float() @ weight
+    (grad_expected,) = torch.autograd.grad(expected, weight, upstream)
+    got = csr_matmul_fn(x.to_sparse_csr(), weight)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+    (grad,) = torch.autograd.grad(got, weight, upstream)
+    torch.testing.assert_close(grad, grad_expected)
