@@ -134,3 +134,18 @@ def test_best_shift_is_never_worse_than_no_shift():
     a = np.array([0.0, 1.0, 1.0, 6.0, 1.0, 15.0, 15.0, 15.0, 15.0])
     b = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     assert circular_error(a, b) <= circular_error(a, b, shift=False)
+
+
+def test_single_precision_angles_are_computed_in_double_precision():
+    """float32 input gives the float64 result of the same values (the annotated dtype)."""
+    rng = np.random.default_rng(5)
+    a32 = rng.uniform(0, 40, 30).astype(np.float32)
+    b32 = (a32 + rng.normal(scale=0.5, size=30)).astype(np.float32)
+    a64, b64 = a32.astype(np.float64), b32.astype(np.float64)
+    assert wrap_angle(a32).dtype == np.float64
+    np.testing.assert_array_equal(wrap_angle(a32), wrap_angle(a64))
+    for method in ("js", "fl"):
+        assert circular_correlation(a32, b32, method=method) == circular_correlation(
+            a64, b64, method=method
+        )
+    assert circular_error(a32, b32, shift=False) == circular_error(a64, b64, shift=False)
