@@ -192,3 +192,138 @@ def test_straight_through_mixture_prior_weights_one_component():
     kl_z = prior.kl(qz, None, {"qc": qc}, tau=1.0)["kl_z"]
     matches = (kl_z.unsqueeze(-1) - comp).abs() < 1e-9
     assert matches.any(-1).all()
+
+
+def _paired_batch(n=6, n_genes=6, n_peaks=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    t = {
+        "X": torch.poisson(torch.full((n, n_genes), 3.0), generator=gen),
+        "atac": (torch.rand(n, n_peaks, generator=gen) < 0.5).float(),
+    }
+    t["X"][0] = 0.0
+    t["X"][0, 0] = 1.0  # a cell with a library of exactly 1
+    t["atac"][1] = 0.0  # a cell without ATAC
+    t["atac"][2] = 0.0
+    t["atac"][2, 0] = 1.0  # one open peak: depth 1
+    return t
+
+
+def test_reconstruction_terms_equal_their_likelihoods():
+    """-log p(x | z) per cell, computed here from the decoded distributions."""
+    from torch.distributions import Bernoulli
+
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", 5, "bernoulli")}
+    mod = MultiModalVAEModule(mods, n_latent=2, library_log_means={"atac": 1.0}).eval()
+    t = _paired_batch()
+    inf = mod.inference(**mod._get_inference_input(t))
+    out = mod.generative(**mod._get_generative_input(t, inf))
+    rec = mod.loss(t, inf, out).reconstruction_loss
+    px_rna = out["rna"]["px"]
+    torch.testing.assert_close(rec["rna"], -px_rna.log_prob(t["X"]).sum(-1))
+    torch.testing.assert_close(px_rna.log_library, torch.log(t["X"].sum(-1)))  # 0 for cell 0
+    px_atac, pl_atac = out["atac"]["px"], out["atac"]["library"]
+    depth = t["atac"].sum(-1)
+    expected = Bernoulli(logits=px_atac.logits).log_prob(t["atac"]).sum(-1)
+    expected = expected + pl_atac.log_prob(torch.log(depth.clamp(min=1.0)))
+    observed = (depth > 0).float()
+    torch.testing.assert_close(rec["atac"], -expected * observed)
+
+
+def test_decoder_terms_by_hand():
+    """Bernoulli logits h W^T + b + region bias + depth term; the library prior's centre."""
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", 5, "bernoulli")}
+    mod = MultiModalVAEModule(mods, n_latent=2, library_log_means={"rna": 5.0, "atac": 1.0})
+    mod.eval()
+    dec = mod.decoders["atac"]
+    with torch.no_grad():
+        dec.head.bias.normal_()
+        dec.region_bias.normal_()
+        dec.region_depth.normal_()
+        mod.decoders["rna"].library_head.weight.zero_()
+        mod.decoders["rna"].library_head.bias.zero_()
+    t = _paired_batch()
+    inf = mod.inference(**mod._get_inference_input(t))
+    out = mod.generative(**mod._get_generative_input(t, inf))
+    h = dec.trunk(inf["z"], [torch.zeros(6, 1, dtype=torch.long)], None)
+    depth = out["atac"]["px"].depth
+    logits = h @ dec.head.weight.T + dec.head.bias + dec.region_bias + dec.region_depth * depth
+    torch.testing.assert_close(out["atac"]["px"].logits, logits)
+    # p(log library | z) is centred on the data's mean log library
+    torch.testing.assert_close(out["rna"]["library"].loc, torch.full((6,), 5.0))
+    # without observed libraries the predicted ones are used
+    pred = mod.generative(**mod._get_generative_input(t, inf), observed_library=False)
+    torch.testing.assert_close(pred["rna"]["px"].log_library, torch.full((6,), 5.0))
+
+
+def test_continuous_covariates_reach_the_decoder():
+    mod = MultiModalVAEModule({"rna": ModalitySpec("X", 6)}, n_latent=2, n_continuous_cov=1)
+    mod.eval()
+    with torch.no_grad():
+        for inj in mod.decoders["rna"].trunk.injections:
+            inj.continuous.weight.normal_()
+    t = _paired_batch()
+    del t["atac"]
+    t["extra_continuous_covs"] = torch.zeros(6, 1)
+    inf = mod.inference(**mod._get_inference_input(t))
+    gin = mod._get_generative_input(t, inf)
+    a = mod.generative(**gin)["rna"]["px"].scale
+    gin["cont_covs"] = torch.full((6, 1), 3.0)
+    assert not torch.allclose(mod.generative(**gin)["rna"]["px"].scale, a)
+
+
+@pytest.mark.parametrize(("n_peaks", "sampled"), [(25, True), (20, False)])
+def test_peaks_are_sampled_in_training_only_above_twice_k(n_peaks, sampled):
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", n_peaks, "bernoulli")}
+    mod = MultiModalVAEModule(mods, n_latent=2, n_sampled_peaks=10).eval()
+    gen = torch.Generator().manual_seed(1)
+    t = {
+        "X": torch.poisson(torch.full((8, 6), 3.0), generator=gen),
+        "atac": (torch.rand(8, n_peaks, generator=gen) < 0.5).float(),
+    }
+    inf = mod.inference(**mod._get_inference_input(t))
+    out = mod.generative(**mod._get_generative_input(t, inf))
+    exact = mod.loss(t, inf, out).reconstruction_loss["atac"]
+    mod.train()
+    torch.manual_seed(0)
+    training = mod.loss(t, inf, out).reconstruction_loss["atac"]
+    assert torch.allclose(training, exact) != sampled
+
+
+def test_loss_with_a_mixture_prior_and_default_kl_weight():
+    mod = MultiModalVAEModule({"rna": ModalitySpec("X", 6)}, n_latent=2, n_clusters=3).eval()
+    mod.prior.initialised.fill_(1)
+    t = _paired_batch()
+    del t["atac"]
+    inf = mod.inference(**mod._get_inference_input(t))
+    out = mod.generative(**mod._get_generative_input(t, inf))
+    loss = mod.loss(t, inf, out, tau=0.7)
+    kl = mod.prior.kl(inf["qz"], inf["z"], inf, 0.7)
+    torch.testing.assert_close(loss.kl_local["kl_z"], kl["kl_z"])
+    torch.testing.assert_close(loss.kl_local["kl_c"], kl["kl_c"])
+    assert float(loss.extra_metrics["tau"]) == pytest.approx(0.7)
+    rec = loss.reconstruction_loss["rna"]
+    torch.testing.assert_close(loss.loss, (rec + kl["kl_z"] + kl["kl_c"]).mean())
+    torch.testing.assert_close(mod.loss(t, inf, out, kl_weight=1.0, tau=0.7).loss, loss.loss)
+
+
+def test_modality_dropout_frequencies():
+    """Paired cells keep both (1 - 2p), only RNA (p) or only ATAC (p); single ones are kept."""
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", 5, "bernoulli")}
+    mod = MultiModalVAEModule(mods, n_latent=2, modality_dropout=0.25)
+    n = 40_000
+    rna = torch.ones(n, dtype=torch.bool)
+    atac = torch.ones(n, dtype=torch.bool)
+    atac[: n // 4] = False  # a quarter of the cells without ATAC
+    torch.manual_seed(0)
+    new_rna, new_atac = mod._drop_modalities([rna, atac])
+    single = slice(0, n // 4)
+    assert new_rna[single].all()
+    assert not new_atac[single].any()
+    paired = slice(n // 4, n)
+    both = (new_rna[paired] & new_atac[paired]).float().mean()
+    only_rna = (new_rna[paired] & ~new_atac[paired]).float().mean()
+    only_atac = (~new_rna[paired] & new_atac[paired]).float().mean()
+    assert abs(float(both) - 0.5) < 0.02
+    assert abs(float(only_rna) - 0.25) < 0.02
+    assert abs(float(only_atac) - 0.25) < 0.02
+    assert (new_rna | new_atac).all()
