@@ -197,12 +197,42 @@ def results(work: Path, spec: dict) -> dict[str, str]:
     return out
 
 
-def diff_line(work: Path, name: str) -> str:
-    """The changed source line of a mutant, as ``old`` → ``new`` (from ``mutmut show``)."""
-    shown = _mutmut(work, "show", name).stdout.splitlines()
-    old = [ln[1:].strip() for ln in shown if ln.startswith("-") and not ln.startswith("---")]
-    new = [ln[1:].strip() for ln in shown if ln.startswith("+") and not ln.startswith("+++")]
-    return f"`{' '.join(old)}` → `{' '.join(new)}`".replace("|", "\\|")
+# one process prints the diff of every mutant asked for (``mutmut show`` takes one at a time)
+_SHOW_ALL = """\
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+out = {}
+for line in sys.stdin:
+    name, path = line.rstrip("\\n").split("\\t")
+    out[name] = get_diff_for_mutant(name, path=path)
+print(json.dumps(out))
+"""
+
+
+def diff_lines(work: Path, names: list[str]) -> dict[str, str]:
+    """The changed source lines of mutants, as ``old`` → ``new``."""
+    paths = {}
+    for meta in (work / "mutants").rglob("*.py.meta"):
+        source = str(meta.relative_to(work / "mutants")).removesuffix(".meta")
+        for name in json.loads(meta.read_text())["exit_code_by_key"]:
+            paths[name] = source
+    todo = "".join(f"{name}\t{paths[name]}\n" for name in names)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHOW_ALL],
+        input=todo,
+        cwd=work,
+        env=_env(),
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    out = {}
+    for name, diff in json.loads(proc.stdout).items():
+        shown = diff.splitlines()
+        old = [ln[1:].strip() for ln in shown if ln.startswith("-") and not ln.startswith("---")]
+        new = [ln[1:].strip() for ln in shown if ln.startswith("+") and not ln.startswith("+++")]
+        out[name] = f"`{' '.join(old)}` → `{' '.join(new)}`".replace("|", "\\|")
+    return out
 
 
 def _cpu() -> str:
@@ -285,6 +315,8 @@ def section(module: str, spec: dict, work: Path, status: dict[str, str], wall: f
         "",
     ]
     alive = {n: s for n, s in sorted(status.items()) if s not in ("killed", "timeout")}
+    now_killed = {n: t for n, t in sorted(killed_by.items()) if status.get(n) == "killed"}
+    diffs = diff_lines(work, [*alive, *now_killed])
     if alive:
         lines += [
             "Not killed:",
@@ -295,11 +327,10 @@ def section(module: str, spec: dict, work: Path, status: dict[str, str], wall: f
         for name, s in alive.items():
             why = equivalent.get(name, "**not explained**")
             short = name.removeprefix("scgenvae.")
-            lines.append(f"| `{short}` | {diff_line(work, name)} | {s} | {why} |")
+            lines.append(f"| `{short}` | {diffs[name]} | {s} | {why} |")
         lines.append("")
     else:
         lines += ["Every mutant was killed.", ""]
-    now_killed = {n: t for n, t in sorted(killed_by.items()) if status.get(n) == "killed"}
     if now_killed:
         lines += [
             "Survived a first run, killed by a test added for them:",
@@ -309,7 +340,7 @@ def section(module: str, spec: dict, work: Path, status: dict[str, str], wall: f
         ]
         for name, test in now_killed.items():
             short = name.removeprefix("scgenvae.")
-            lines.append(f"| `{short}` | {diff_line(work, name)} | `{test}` |")
+            lines.append(f"| `{short}` | {diffs[name]} | `{test}` |")
         lines.append("")
     lines.append(f"<!-- mutation:{module}:end -->")
     return "\n".join(lines) + "\n"

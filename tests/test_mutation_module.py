@@ -327,3 +327,83 @@ def test_modality_dropout_frequencies():
     assert abs(float(only_rna) - 0.25) < 0.02
     assert abs(float(only_atac) - 0.25) < 0.02
     assert (new_rna | new_atac).all()
+
+
+def test_module_defaults_errors_and_sizes():
+    from scgenvae.module._priors import StandardNormalPrior as Standard
+
+    mod = MultiModalVAEModule({"rna": ModalitySpec("X", 6)})
+    assert (mod.n_latent, mod.n_batch, mod.n_sampled_peaks) == (10, 0, 1024)
+    assert (mod.modality_dropout, mod.alignment_weight) == (0.25, 1.0)
+    assert mod.encode_covariates
+    assert isinstance(mod.prior, Standard)
+    assert mod.library_log_means == {"rna": 0.0}
+    assert not mod.loading_prior_in_loss
+    enc = mod.encoders["rna"]
+    assert enc.mean.in_features == 128
+    assert enc.mean.out_features == 10
+    assert len(enc.net.linears) == 1
+    assert enc.net.dropout.p == 0.1
+    assert enc.net.sparse_input
+    assert enc.net.injections[0].continuous is None
+    with pytest.raises(ValueError, match="at least one modality"):
+        MultiModalVAEModule({})
+    for sd, n_obs in ((0.0, 100), (1.0, None)):
+        with pytest.raises(ValueError, match="loading_prior_sd"):
+            MultiModalVAEModule({"rna": ModalitySpec("X", 6)}, loading_prior_sd=sd, n_obs=n_obs)
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", 5, "bernoulli")}
+    mod = MultiModalVAEModule(
+        mods,
+        n_latent=3,
+        n_hidden=7,
+        n_layers=2,
+        n_continuous_cov=2,
+        dropout_rate=0.2,
+        library_log_means={"rna": 2.0},
+        n_clusters=4,
+        straight_through=True,
+        loading_prior_sd=1.0,
+        n_obs=50,
+    )
+    assert mod.library_log_means == {"rna": 2.0, "atac": 0.0}
+    assert mod.loading_prior_in_loss
+    assert mod.prior.n_clusters == 4
+    assert mod.prior.means.shape == (4, 3)
+    assert mod.prior.straight_through
+    enc = mod.encoders["atac"]
+    assert len(enc.net.linears) == 2
+    assert enc.net.dropout.p == 0.2
+    assert enc.mean.in_features == 7
+    assert enc.net.injections[0].continuous is not None
+    assert mod.decoders["rna"].trunk.injections[0].continuous is not None
+    plain = MultiModalVAEModule(mods, n_batch=3, n_continuous_cov=2, encode_covariates=False)
+    assert plain.encoders["rna"].net.injections[0].continuous is None
+    assert len(plain.encoders["rna"].net.injections[0].embeddings) == 0
+    assert len(plain.decoders["rna"].trunk.injections[0].embeddings) == 1
+
+
+def test_covariates_from_the_minibatch():
+    mod = MultiModalVAEModule({"rna": ModalitySpec("X", 6)}, n_batch=2, n_cats_per_cov=(3, 4))
+    batch = torch.tensor([[0], [1]])
+    cats = torch.tensor([[2, 3], [0, 1]])
+    cont = torch.randn(2, 1)
+    cat_list, got_cont = mod._covariates(
+        {"batch": batch, "extra_categorical_covs": cats, "extra_continuous_covs": cont}
+    )
+    assert len(cat_list) == 3
+    assert torch.equal(cat_list[0], batch)
+    assert torch.equal(cat_list[1], cats[:, :1])
+    assert torch.equal(cat_list[2], cats[:, 1:])
+    assert got_cont is cont
+    cat_list, got_cont = mod._covariates({"X": torch.zeros(2, 6)})
+    assert cat_list == [None]
+    assert got_cont is None
+    filled = mod._cat_list([None, cats[:, :1]], 2, "cpu")
+    assert torch.equal(filled[0], torch.zeros(2, 1, dtype=torch.long))
+    assert filled[1] is not None
+    assert len(filled) == 2
+    assert mod._cat_list([batch], 2, "cpu")[0] is batch
+
+
+def test_log_library_mean_counts_cells_with_a_single_count():
+    assert log_library_mean(np.array([1.0, math.e**2])) == pytest.approx(1.0)
