@@ -311,7 +311,8 @@ def section(module: str, spec: dict, work: Path, status: dict[str, str], wall: f
         f"| {100 * killed / max(total, 1):.1f}% |",
         "",
         f"Run on {dt.date.today():%Y-%m-%d}, {_cpu()}, one worker process and one thread; "
-        f"wall time {wall / 60:.1f} min (mutmut {_mutmut_version()}).",
+        f"wall time {wall / 60:.1f} min with the reruns of the mutants not killed "
+        f"(mutmut {_mutmut_version()}).",
         "",
     ]
     alive = {n: s for n, s in sorted(status.items()) if s not in ("killed", "timeout")}
