@@ -370,6 +370,8 @@ def test_module_defaults_errors_and_sizes():
     assert mod.prior.n_clusters == 4
     assert mod.prior.means.shape == (4, 3)
     assert mod.prior.straight_through
+    mixture = MultiModalVAEModule({"rna": ModalitySpec("X", 6)}, n_clusters=2)
+    assert not mixture.prior.straight_through
     enc = mod.encoders["atac"]
     assert len(enc.net.linears) == 2
     assert enc.net.dropout.p == 0.2
