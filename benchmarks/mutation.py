@@ -89,9 +89,13 @@ settings in `[tool.mutmut]`); the driver is `benchmarks/mutation.py`.
 
 *Killed* counts the mutants that made a selected test fail or run past mutmut's time limit
 (*timeout*, a mutant that never ends). Every mutant that was not killed is listed with the
-reason it cannot be (an *equivalent* mutant: no input changes the behaviour), recorded in
-`benchmarks/mutation_notes.toml`. The mutants that survived a first run and are killed by a test
-written for them afterwards (`tests/test_mutation_<module>.py`) are listed too.
+reason, recorded in `benchmarks/mutation_notes.toml`: *equivalent* (no input changes the
+behaviour; "on the CPU" where only a GPU run could tell, "on valid input" where only argument
+validation differs), a change of a tuning constant or of a message's wording that no stated
+property fixes, or *not killed* with the test that is missing. The mutants that survived a first
+run and are killed by a test written for them afterwards (`tests/test_mutation_<module>.py`) are
+listed too. The tests run with hypothesis derandomised and without its example database, so
+that every mutant meets the same examples.
 
 Mutant names are mutmut's: `module.x_function__mutmut_N` or `module.xǁClassǁmethod__mutmut_N`;
 `.mutmut/<module>/` keeps the last run, and `mutmut show <name>` run there prints a mutant's
