@@ -409,3 +409,35 @@ def test_covariates_from_the_minibatch():
 
 def test_log_library_mean_counts_cells_with_a_single_count():
     assert log_library_mean(np.array([1.0, math.e**2])) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb"])
+def test_nb_and_zinb_decoders_by_hand(likelihood):
+    """Mean = library x softmax shares, per-gene theta; reconstruction = -log p per cell."""
+    from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+
+    mod = MultiModalVAEModule(
+        {"rna": ModalitySpec("X", 6, likelihood)}, n_latent=2, n_layers=2, dropout_rate=0.3
+    ).eval()
+    dec = mod.decoders["rna"]
+    assert len(dec.trunk.linears) == 2
+    assert dec.trunk.dropout.p == 0.3
+    with torch.no_grad():
+        dec.log_theta.normal_()
+    t = _paired_batch()
+    del t["atac"]
+    inf = mod.inference(**mod._get_inference_input(t))
+    out = mod.generative(**mod._get_generative_input(t, inf))
+    px = out["rna"]["px"]
+    h = dec.trunk(inf["z"], [torch.zeros(6, 1, dtype=torch.long)], None)
+    shares = torch.softmax(dec.head(h), -1)
+    torch.testing.assert_close(px.scale, shares)
+    torch.testing.assert_close(px.mu, t["X"].sum(-1, keepdim=True) * shares)
+    if likelihood == "nb":
+        ref = NegativeBinomial(mu=px.mu, theta=dec.log_theta.exp())
+    else:
+        ref = ZeroInflatedNegativeBinomial(
+            mu=px.mu, theta=dec.log_theta.exp(), zi_logits=dec.dropout_head(h)
+        )
+    rec = mod.loss(t, inf, out).reconstruction_loss["rna"]
+    torch.testing.assert_close(rec, -ref.log_prob(t["X"]).sum(-1))
