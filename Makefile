@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow check-quality-tests demo bench defaults docs lint clean
+.PHONY: install test test-slow check-quality-tests demo bench defaults docs lint clean mutation
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -55,3 +55,9 @@ clean:
 # 3 seeds; writes benchmarks/RESULTS_defaults.md (about 40 min on 2 cores)
 defaults: $(STAMP)
 	$(PY) benchmarks/defaults.py --output benchmarks/RESULTS_defaults.md
+
+# mutation testing (issue 15): mutmut on one module (`make mutation MODULE=metrics`; the modules
+# are [tool.scgenvae.mutation.*] in pyproject.toml) or on all in turn; updates docs/dev/mutation.md.
+# Slow (minutes to tens of minutes a module on 2 cores), so it is not part of `make test`
+mutation: $(STAMP)
+	$(PY) benchmarks/mutation.py $(MODULE)
