@@ -61,7 +61,8 @@ def mean_gene_spearman(observed, predicted: np.ndarray) -> float:
     tot = obs.sum(1, keepdims=True)
     obs = np.divide(obs, tot, out=np.zeros_like(obs), where=tot > 0)
     pred = np.asarray(predicted, dtype=np.float64)
-    keep = (obs.std(0) > 0) & (pred.std(0) > 0)
+    # ptp, not std: the std of a constant column can round to 1e-17 (0.1 in 3 cells)
+    keep = (np.ptp(obs, 0) > 0) & (np.ptp(pred, 0) > 0)
     if not keep.any():
         return float("nan")
     ro = stats.rankdata(obs[:, keep], axis=0)
