@@ -34,7 +34,7 @@ from scipy import sparse
 from scgenvae._constants import REGISTRY_KEYS
 from scgenvae.nn import CovariateInjection
 
-from ._io import history_from_json, read_meta, read_model
+from ._io import read_meta, read_model
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -60,7 +60,6 @@ def _reference_meta(reference) -> dict[str, Any]:
             "registry": meta["registry"],
             "init_params": dict(meta["init_params"]),
             "module_kwargs": dict(meta["module_kwargs"]),
-            "history": history_from_json(meta.get("history") or {}),
         }
     if not hasattr(reference, "adata_manager") or not hasattr(reference, "_features"):
         msg = (
@@ -75,7 +74,6 @@ def _reference_meta(reference) -> dict[str, Any]:
         "registry": reference.adata_manager._registry,
         "init_params": dict(reference._init_kwargs),
         "module_kwargs": dict(reference._module_kwargs),
-        "history": {k: v.copy() for k, v in (reference.history_ or {}).items()},
     }
 
 
@@ -259,7 +257,10 @@ def extend_registry(cls, data, args: dict, registry: dict) -> tuple[dict, dict[s
     registry = copy.deepcopy(registry)
     fields = registry["field_registries"]
     added: dict[str, list] = {}
-    for reg_key, stat in ((REGISTRY_KEYS.BATCH_KEY, "n_batch"), (REGISTRY_KEYS.LABELS_KEY, "n_labels")):
+    for reg_key, stat in (
+        (REGISTRY_KEYS.BATCH_KEY, "n_batch"),
+        (REGISTRY_KEYS.LABELS_KEY, "n_labels"),
+    ):
         col = args.get(f"{reg_key}_key")
         if col is None or reg_key not in fields:
             continue
@@ -388,7 +389,9 @@ class MappingMixin:
         """
         meta = _reference_meta(reference)
         _check_class(cls, meta)
-        return conform_features(query, meta["features"]["rna"], what="genes", min_shared=min_shared)
+        return conform_features(
+            query, meta["features"]["rna"], what="genes", min_shared=min_shared
+        )
 
     @classmethod
     def load_query_data(cls, query, reference, *, freeze: bool = True, accelerator: str = "cpu"):
@@ -442,12 +445,14 @@ class MappingMixin:
         model.module = model._make_module(**kwargs)
         old_cats = (int(old["n_batch"]), *old["n_cats_per_cov"])
         new_cats = (int(kwargs["n_batch"]), *kwargs["n_cats_per_cov"])
-        state, ref_rows = extend_state(_reference_state(reference), model.module, old_cats, new_cats)
+        state, ref_rows = extend_state(
+            _reference_state(reference), model.module, old_cats, new_cats
+        )
         model.module.load_state_dict(state)
         model.module.to("cuda" if accelerator == "gpu" else "cpu")
         model.module.eval()
-        model.is_trained_ = True
-        model.history_ = meta["history"]  # query epochs are appended to the reference's
+        model.is_trained_ = True  # usable as it is: the reference's weights
+        model._query_untrained = True  # its first train() starts a history of its own
         model._train_seed = None
         if freeze:
             model._freeze_reference(ref_rows)
@@ -457,28 +462,33 @@ class MappingMixin:
         """Leave only the new rows of extended embeddings trainable."""
         params = dict(self.module.named_parameters())
         for p in params.values():
-            p.requires_grad_(False)
+            p.requires_grad_(requires_grad=False)
         saved = {}
         for key, n_ref in ref_rows.items():
             p = params[key]
-            p.requires_grad_(True)
+            p.requires_grad_(requires_grad=True)
             p.register_hook(_row_mask_hook(n_ref))
             saved[key] = p.detach()[:n_ref].clone()
         self._query_frozen_rows = saved
 
     def _trainer_defaults(self, trainer_kwargs: dict, *args, **kwargs) -> None:
         """Add the frozen reference rows' callback; say what training a trained model does."""
-        super()._trainer_defaults(trainer_kwargs, *args, **kwargs)
         frozen = self._query_frozen_rows
-        if frozen is not None:
-            if not frozen:
-                msg = (
-                    "this query model has nothing to train: the query has no batch or covariate "
-                    "category the reference lacks, so with `freeze=True` every weight stays the "
-                    "reference's (its latent for the query is final already). Use "
-                    "`load_query_data(..., freeze=False)` to fine-tune all weights."
-                )
-                raise ValueError(msg)
+        if frozen is not None and not frozen:
+            msg = (
+                "this query model has nothing to train: the query has no batch or covariate "
+                "category the reference lacks, so with `freeze=True` every weight stays the "
+                "reference's (its latent for the query is final already). Use "
+                "`load_query_data(..., freeze=False)` to fine-tune all weights."
+            )
+            raise ValueError(msg)
+        super()._trainer_defaults(trainer_kwargs, *args, **kwargs)
+        if getattr(self, "_query_untrained", False):
+            # scvi-tools appends the history of a trained model's new training to the old
+            # one; a query model's first training is a first training (other cells, losses)
+            self.is_trained_, self.history_ = False, None
+            self._query_untrained = False
+        if frozen:
             callbacks = [*trainer_kwargs.get("callbacks", []), KeepReferenceRows(frozen)]
             trainer_kwargs["callbacks"] = callbacks
             logger.info("training the query's new embedding rows only (reference frozen)")
