@@ -241,6 +241,23 @@ def test_rna_only_query_on_multivae(multi_split, form):
     assert ((acc >= 0) & (acc <= 1)).all()
 
 
+def test_multivae_query_model_reloads_with_the_reference_depths(multi_split, tmp_path):
+    _, query, model = multi_split
+    rna = query.mod["rna"].copy()
+    rna.obs["batch"] = query.obs["batch"].to_numpy()
+    prepared = MultiVAE.prepare_query_mudata(rna, model)
+    qmodel = MultiVAE.load_query_data(prepared, model)
+    assert qmodel.module.library_log_means == model.module.library_log_means
+    acc = qmodel.get_accessibility_estimates(prepared, modality="rna")
+    qmodel.save(tmp_path / "query")
+    again = MultiVAE.load(tmp_path / "query", prepared)
+    # the depth centres are the reference's, not those of the data it is loaded on
+    assert again.module.library_log_means == pytest.approx(model.module.library_log_means)
+    np.testing.assert_allclose(
+        again.get_accessibility_estimates(prepared, modality="rna"), acc, rtol=1e-5
+    )
+
+
 def test_paired_query_on_multivae_pads_peaks(multi_split):
     _, query, model = multi_split
     from scgenvae._quiet import quiet
