@@ -57,6 +57,26 @@ def _representation(data, use_rep: str, where: str) -> np.ndarray:
     return np.asarray(data.obsm[use_rep], dtype=np.float64)
 
 
+def _vote(
+    ref_rep: np.ndarray, codes: np.ndarray, n_labels: int, query_rep: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Majority label of each query cell's ``k`` reference neighbours, and its uncertainty."""
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=k + 1).fit(ref_rep)
+    own, _ = index.kneighbors(ref_rep)
+    scale = own[:, 1:].mean(1)  # each reference cell's distance to its neighbours (not itself)
+    if len(query_rep) == 0:
+        return np.zeros(0, dtype=int), np.zeros(0)
+    dist, idx = index.kneighbors(query_rep, n_neighbors=k)
+    votes = np.zeros((len(idx), n_labels))
+    np.add.at(votes, (np.repeat(np.arange(len(idx)), k), codes[idx].ravel()), 1.0)
+    share = votes.max(1) / k
+    ratio = dist.mean(1) / np.maximum(scale[idx].mean(1), np.finfo(float).tiny)
+    closeness = np.exp(-np.maximum(ratio - 1.0, 0.0))
+    return votes.argmax(1), 1.0 - share * closeness
+
+
 def transfer_labels(
     reference: AnnData | MuData,
     query: AnnData | MuData,
@@ -119,8 +139,6 @@ def transfer_labels(
     --------
     scgenvae.model.PoissonVAE.load_query_data : a model of the query in the reference's space.
     """
-    from sklearn.neighbors import NearestNeighbors
-
     uncertainty_key = f"{key_added}_uncertainty"
     if copy:
         query = query.copy()
@@ -147,23 +165,13 @@ def transfer_labels(
     if usable.sum() < 2:
         msg = f"the reference has {int(usable.sum())} cells with a label and an embedding; need 2."
         raise ValueError(msg)
-    ref_rep, codes = ref_rep[usable], labels.codes[usable]
-    k = min(n_neighbors, len(codes) - 1)
-    index = NearestNeighbors(n_neighbors=k + 1).fit(ref_rep)
-    own, _ = index.kneighbors(ref_rep)
-    scale = own[:, 1:].mean(1)  # each reference cell's distance to its neighbours (not itself)
+    k = min(n_neighbors, int(usable.sum()) - 1)
     ok = np.isfinite(query_rep).all(1)
-    dist, idx = index.kneighbors(query_rep[ok], n_neighbors=k)
-    votes = np.zeros((len(idx), len(labels.categories)))
-    np.add.at(votes, (np.repeat(np.arange(len(idx)), k), codes[idx].ravel()), 1.0)
-    winner = votes.argmax(1)
-    share = votes.max(1) / k
-    ratio = dist.mean(1) / np.maximum(scale[idx].mean(1), np.finfo(float).tiny)
-    closeness = np.exp(-np.maximum(ratio - 1.0, 0.0))
     result = np.full(query.n_obs, -1)
-    result[ok] = winner
     uncertainty = np.ones(query.n_obs)
-    uncertainty[ok] = 1.0 - share * closeness
+    result[ok], uncertainty[ok] = _vote(
+        ref_rep[usable], labels.codes[usable], len(labels.categories), query_rep[ok], k
+    )
     query.obs[key_added] = pd.Categorical.from_codes(result, categories=labels.categories)
     query.obs[uncertainty_key] = uncertainty
     query.uns[key_added] = {
