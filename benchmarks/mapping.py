@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -47,6 +48,14 @@ REF_EPOCHS, QUERY_EPOCHS = 200, 100
 
 
 def _cpu_model() -> str:
+    """The CPU model as ``lscpu`` names it (``/proc/cpuinfo`` where lscpu is missing)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -182,7 +191,8 @@ def _write(frame: pd.DataFrame, adata, args) -> None:
         f"with 10% of the {adata.n_vars:,} reference genes removed (zero-padded by "
         f"`prepare_query_anndata`). Training: {REF_EPOCHS} reference epochs, {QUERY_EPOCHS} "
         "query epochs, frozen reference. Label transfer: `scgenvae.tl.transfer_labels`, 15-NN, "
-        "on each method's latent. Mean ± standard deviation over seeds.",
+        "on each method's latent. Mean ± standard deviation over seeds. `train s` (reference "
+        "plus query training) was measured on 2 cores shared with other jobs: indicative only.",
         "",
     ]
     for scenario, part in frame.groupby("scenario", sort=False):
