@@ -49,6 +49,7 @@ from ._export import check_latent_write, write_latent
 from ._io import (
     SaveLoadMixin,
 )
+from ._mapping import MappingMixin
 from ._plan import ScgenvaeTrainingPlan
 from ._setup import (
     Scans,
@@ -101,6 +102,7 @@ def covariate_fields(args: dict) -> list:
 
 
 class BaseScgenvaeModel(
+    MappingMixin,
     ScviCompatMixin,
     DEMixin,
     SaveLoadMixin,

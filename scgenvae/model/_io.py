@@ -360,6 +360,12 @@ class SaveLoadMixin:
                 raise ValueError(msg)
         cls._remember_setup(data, meta["setup_args"], source_registry=meta["registry"])
         model = cls(data, **meta["init_params"])
+        # constants of the training data, not tensors: the loaded data must not replace them
+        # (the depth centres place the predicted library size of an unobserved modality)
+        for key in ("library_log_means", "n_obs"):
+            if key in meta.get("module_kwargs", {}) and key in model._module_kwargs:
+                model._module_kwargs[key] = meta["module_kwargs"][key]
+                setattr(model.module, key, meta["module_kwargs"][key])
         try:
             model.module.load_state_dict(state)
         except RuntimeError as err:

@@ -20,6 +20,7 @@ from scgenvae.module import ModalitySpec, get_head, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
 from ._data import RowSource, stand_in
+from ._mapping import MIN_SHARED_FEATURES, prepare_query_mudata
 from ._setup import Scans
 from ._validate import (
     check_continuous,
@@ -374,6 +375,41 @@ class MultiVAE(BaseScgenvaeModel):
     def setup_anndata(cls, adata: AnnData, **kwargs) -> None:
         """Set up one Cell Ranger ARC AnnData (``var['feature_types']``); see :meth:`setup_mudata`."""
         cls.setup_mudata(adata, **kwargs)
+
+    @classmethod
+    def prepare_query_mudata(
+        cls, query: MuData | AnnData, reference, *, min_shared: float = MIN_SHARED_FEATURES
+    ) -> MuData:
+        """A new MuData with the reference's genes and peaks, in the reference's order.
+
+        Each modality of the query is conformed as in
+        :meth:`~scgenvae.model.PoissonVAE.prepare_query_anndata` (missing features zero,
+        extra ones dropped, fewer than ``min_shared`` shared refused). A modality the query
+        lacks (an AnnData of RNA alone, or a MuData with only ``mod["rna"]``) is added with
+        all-zero rows: its cells count as unmeasured in it, and are embedded from the other
+        modality. ``query`` is not modified.
+
+        Parameters
+        ----------
+        query
+            MuData, an AnnData with ``var['feature_types']``, or an AnnData of RNA alone.
+        reference
+            The trained reference MultiVAE, or the folder it was saved to.
+        min_shared
+            Smallest share of the reference's genes (and peaks) the query must have.
+
+        Returns
+        -------
+        A new MuData with the reference's modality names, ready for :meth:`load_query_data`.
+        """
+        return prepare_query_mudata(cls, query, reference, min_shared=min_shared)
+
+    @classmethod
+    def prepare_query_anndata(
+        cls, query: AnnData, reference, *, min_shared: float = MIN_SHARED_FEATURES
+    ) -> MuData:
+        """Same as :meth:`prepare_query_mudata` (a MultiVAE query becomes a MuData)."""
+        return prepare_query_mudata(cls, query, reference, min_shared=min_shared)
 
     @classmethod
     def _fields(cls, args: dict) -> list:

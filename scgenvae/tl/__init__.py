@@ -8,6 +8,7 @@ from scgenvae._markers import G2M_GENES, S_GENES, cell_cycle_genes
 from ._baselines import cell_cycle_angle_baseline
 from ._cell_cycle import align_cell_cycle, cell_cycle_direction, marker_peaks
 from ._score import marker_var_names, score_cell_cycle
+from ._transfer import transfer_labels
 from ._traversal import latent_traversal
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "marker_peaks",
     "marker_var_names",
     "score_cell_cycle",
+    "transfer_labels",
 ]
