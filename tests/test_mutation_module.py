@@ -338,7 +338,7 @@ def test_module_defaults_errors_and_sizes():
     assert mod.encode_covariates
     assert isinstance(mod.prior, Standard)
     assert mod.library_log_means == {"rna": 0.0}
-    assert not mod.loading_prior_in_loss
+    assert mod.loading_prior_decay() == []  # no loading prior by default
     enc = mod.encoders["rna"]
     assert enc.mean.in_features == 128
     assert enc.mean.out_features == 10
@@ -366,7 +366,7 @@ def test_module_defaults_errors_and_sizes():
         n_obs=50,
     )
     assert mod.library_log_means == {"rna": 2.0, "atac": 0.0}
-    assert mod.loading_prior_in_loss
+    assert len(mod.loading_prior_decay()) == 1  # the Bernoulli loadings are under the prior
     assert mod.prior.n_clusters == 4
     assert mod.prior.means.shape == (4, 3)
     assert mod.prior.straight_through
