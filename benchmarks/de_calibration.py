@@ -13,8 +13,7 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/de_calibration.py --seeds 0 1 2 [--sc
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,9 @@ import scanpy as sc
 import torch
 
 import scgenvae
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model
 
 FDR = 0.05
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
@@ -91,11 +93,7 @@ def main() -> None:
     parser.add_argument("--cellbench", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    model_name = next(
-        (ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if "Model name" in ln),
-        platform.processor(),
-    )
+    model_name = cpu_model()
     rows = []
     for seed in args.seeds:
         adata = scgenvae.datasets.synthetic_de(n_obs=600, n_vars=500, rng=seed)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import warnings
@@ -36,18 +35,9 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 import a549_quality as aq  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 HEALTH_KEYS = ("n_epochs", "divergence_ratio", "active_dimensions", "modality_foscttm")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _train(model, seed: int, max_epochs: int | None = None) -> tuple[float, dict]:
@@ -318,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.merge:
         rows = [r for f in args.merge.split(",") for r in json.loads(Path(f).read_text())]
-        header = f"# Defaults study\n\nMerged from {args.merge} (CPU: {_cpu_model()})."
+        header = f"# Defaults study\n\nMerged from {args.merge} (CPU: {cpu_model()})."
         text = report(rows, header)
         Path(args.output).write_text(text)
         Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1))
@@ -343,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         "# Defaults study\n\n"
         f"`python benchmarks/defaults.py --seeds {args.seeds} --datasets {args.datasets} "
         f"--a549-epochs {args.a549_epochs}`, {time.strftime('%Y-%m-%d')}, "
-        f"{args.threads} torch thread(s), CPU: {_cpu_model()}; {time.time() - t0:.0f} s in all.\n"
+        f"{args.threads} torch thread(s), CPU: {cpu_model()}; {time.time() - t0:.0f} s in all.\n"
         "Every model is built and trained with its default arguments (see the docstring of "
         "`benchmarks/defaults.py`); held-out figures for the multiome data sets."
     )

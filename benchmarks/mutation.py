@@ -40,7 +40,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -49,6 +48,9 @@ import time
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "dev" / "mutation.md"
@@ -240,13 +242,7 @@ def diff_lines(work: Path, names: list[str]) -> dict[str, str]:
 
 
 def _cpu() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    model = fields.get("Model name", "unknown CPU").strip()
-    return f"{model}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def run_module(module: str, spec: dict, shared: dict, *, keep: bool, report_only: bool) -> str:

@@ -96,3 +96,19 @@ def _close_figures():
 def quiet():
     """Trainer arguments for silent, fast tests."""
     return {"enable_progress_bar": False, "enable_model_summary": False}
+
+
+@pytest.fixture
+def _restore_verbosity():
+    """Put scgenvae's verbosity, handler and logger level back after a test changes them."""
+    import logging
+
+    import scgenvae
+
+    settings = scgenvae.settings
+    logger = logging.getLogger("scgenvae")
+    saved = (settings._verbosity, settings._handler, logger.level, list(logger.handlers))
+    yield
+    settings._verbosity, settings._handler = saved[0], saved[1]
+    logger.handlers[:] = saved[3]
+    logger.setLevel(saved[2])

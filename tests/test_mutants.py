@@ -408,17 +408,6 @@ def test_train_size_sets_the_training_cells(rna_data):
     assert set(train) | set(valid) == set(range(adata.n_obs))
 
 
-@pytest.fixture
-def _restore_verbosity():
-    settings = scgenvae.settings
-    logger = logging.getLogger("scgenvae")
-    saved = (settings._verbosity, settings._handler, logger.level, list(logger.handlers))
-    yield
-    settings._verbosity, settings._handler = saved[0], saved[1]
-    logger.handlers[:] = saved[3]
-    logger.setLevel(saved[2])
-
-
 @pytest.mark.usefixtures("_restore_verbosity")
 def test_verbosity_info_shows_log_records(cycling, capsys, caplog):
     """settings.verbosity = "INFO" makes scgenvae's info records visible."""

@@ -148,17 +148,6 @@ def test_log_library_mean_skips_empty_cells():
 
 
 # ---------------------------------------------------------------------------- settings
-@pytest.fixture
-def _restore_verbosity():
-    settings = scgenvae.settings
-    logger = logging.getLogger("scgenvae")
-    saved = (settings._verbosity, settings._handler, logger.level, list(logger.handlers))
-    yield
-    settings._verbosity, settings._handler = saved[0], saved[1]
-    logger.handlers[:] = saved[3]
-    logger.setLevel(saved[2])
-
-
 @pytest.mark.usefixtures("_restore_verbosity")
 def test_verbosity_levels_filter_records_and_one_handler_is_attached(capsys):
     logger = logging.getLogger("scgenvae.test")

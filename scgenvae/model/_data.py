@@ -218,6 +218,8 @@ class MinibatchIterable:
         """
         if self.keep_order:
             return chunk
+        if not self.sources:  # in memory: one block
+            return np.sort(chunk) if self.sparse_keys else chunk
         bids = chunk // self.block_size
         first = {b: i for i, b in reversed(list(enumerate(bids.tolist())))}
         block_rank = np.array([first[b] for b in bids.tolist()])
