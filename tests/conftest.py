@@ -38,6 +38,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _fixed_thread_count():
+    """One torch thread in every training and inference loop of the suite.
+
+    The default (``settings.num_threads=None``) chooses the count from measured step times,
+    and floating-point sums differ in their last bits between counts: the tests that compare two
+    seeded runs need one count, and the choice itself is tested in ``tests/test_threads.py``.
+    """
+    import scgenvae
+
+    before = scgenvae.settings.num_threads
+    scgenvae.settings.num_threads = 1
+    yield
+    scgenvae.settings.num_threads = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _cap_training_epochs(request):
     """With ``--quality-epochs N``, ``train()`` runs at most N epochs in every test.
 

@@ -36,6 +36,7 @@ from scgenvae._constants import (
 from scgenvae._docs import doc_params
 from scgenvae._quiet import quiet
 from scgenvae._settings import settings
+from scgenvae._threads import restore_threads, tuner
 
 from ._compat import ScviCompatMixin
 from ._data import (
@@ -367,11 +368,16 @@ class BaseScgenvaeModel(
         was_training = self.module.training
         self.module.eval()
         try:
-            with torch.inference_mode(), quiet():
+            threads = tuner() if next(self.module.parameters()).device.type == "cpu" else None
+            with torch.inference_mode(), quiet(), restore_threads():
                 for tensors in self._loader(prepared, indices, batch_size):
+                    if threads is not None:
+                        threads.before_step()
                     inf_in = self.module._get_inference_input(tensors)
                     out = self.module.inference(**inf_in, use_modalities=use_modalities)
                     yield tensors, out
+                    if threads is not None:
+                        threads.after_step()
         finally:
             self.module.train(was_training)
 

@@ -9,6 +9,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping
 
 from scgenvae._constants import MODULE_KEYS
+from scgenvae._threads import tuner
 
 
 class WarmupEarlyStopping(EarlyStopping):
@@ -104,3 +105,26 @@ class ClusterInitialisation(Callback):
             )
             prior.load_state_dict(state)
         module.train(was_training)
+
+
+class ThreadTuning(Callback):
+    """Choose torch's thread count from the measured time of the training steps.
+
+    See :mod:`scgenvae._threads`. Off under distributed training and on an accelerator, where
+    each process keeps the count it was started with.
+    """
+
+    def __init__(self) -> None:
+        self.tuner = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        on_cpu = next(pl_module.parameters()).device.type == "cpu"
+        self.tuner = tuner() if on_cpu and trainer.world_size == 1 else None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.tuner is not None:
+            self.tuner.before_step()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.tuner is not None:
+            self.tuner.after_step()

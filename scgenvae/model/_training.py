@@ -21,8 +21,9 @@ from scgenvae._allocator import reuse_freed_memory
 from scgenvae._docs import doc_params
 from scgenvae._quiet import quiet
 from scgenvae._settings import settings
+from scgenvae._threads import restore_threads
 
-from ._callbacks import WarmupEarlyStopping
+from ._callbacks import ThreadTuning, WarmupEarlyStopping
 from ._checkpoint import resume_from
 from ._data import DEFAULT_BLOCK_SIZE, RowSource
 from ._health import health_report, stop_message, warn_problems
@@ -221,6 +222,7 @@ class TrainingMixin:
             quiet(),
             reuse_freed_memory(enabled=settings.reuse_freed_memory),
             _distributed_log_dir(trainer_kwargs),
+            restore_threads(),
             warnings.catch_warnings(),
         ):
             if not early_stopping:  # scvi-tools says so under DDP even when it was not asked for
@@ -280,6 +282,7 @@ class TrainingMixin:
     ) -> None:
         """Add the early-stopping and checkpoint callbacks; check and adapt the strategy."""
         trainer_kwargs.setdefault("enable_checkpointing", False)
+        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), ThreadTuning()]
         if stopper is not None:
             trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), stopper]
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
