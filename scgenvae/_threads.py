@@ -77,7 +77,7 @@ class ThreadTuner:
         slowdown: float = 1.5,
         clock=time.perf_counter,
     ) -> None:
-        self.candidates = tuple(sorted(set(int(c) for c in candidates)))
+        self.candidates = tuple(sorted({int(c) for c in candidates}))
         if not self.candidates or self.candidates[0] < 1:
             msg = f"thread candidates must be positive integers, got {candidates!r}."
             raise ValueError(msg)

@@ -124,7 +124,8 @@ def test_training_uses_the_fixed_count_and_restores_torchs(adata, monkeypatch):
     scgenvae.model.PoissonVAE.setup_anndata(adata)
     model = scgenvae.model.PoissonVAE(adata, n_latent=2, n_hidden=8)
     model.train(max_epochs=2, batch_size=16, enable_progress_bar=False)
-    assert seen and set(seen) == {2}
+    assert seen
+    assert set(seen) == {2}
     assert torch.get_num_threads() == 1
     assert np.isfinite(model.get_latent_representation()).all()
     assert torch.get_num_threads() == 1
