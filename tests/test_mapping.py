@@ -98,6 +98,62 @@ def test_load_query_data_needs_prepared_features(rna_split):
         PoissonVAE.load_query_data(query[:, ::-1].copy(), model)
 
 
+def _assert_same(a, b):
+    """Two AnnData objects hold the same data and annotations (slots the tests use)."""
+    assert list(a.obs_names) == list(b.obs_names)
+    assert list(a.var_names) == list(b.var_names)
+    assert a.obs.equals(b.obs)
+    assert a.var.equals(b.var)
+    assert np.array_equal(_dense(a.X), _dense(b.X))
+    assert set(a.layers) == set(b.layers)
+    assert set(a.obsm) == set(b.obsm)
+    for k in a.obsm:
+        assert np.array_equal(a.obsm[k], b.obsm[k])
+    assert set(a.uns) == set(b.uns)
+    assert set(a.obsp) == set(b.obsp)
+
+
+def test_mapping_leaves_the_users_objects_unchanged(rna_split):
+    ref, query, model = rna_split
+    user = query[:, query.var_names[::-1][:-3]].copy()  # reordered, 3 genes missing
+    user.obsm["mine"] = np.ones((user.n_obs, 2))
+    user.uns["note"] = {"a": 1}
+    user_before, ref_before = user.copy(), ref.copy()
+    state_before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    batches_before = list(model.adata_manager.get_state_registry("batch").categorical_mapping)
+    prepared = PoissonVAE.prepare_query_anndata(user, model)
+    prepared_before = prepared.copy()
+    qmodel = PoissonVAE.load_query_data(prepared, model)
+    qmodel.train(max_epochs=2, **TRAIN)
+    qmodel.get_latent_representation(prepared)
+    qmodel.get_latent_representation(ref)
+    _assert_same(user, user_before)
+    _assert_same(prepared, prepared_before)  # set-up and training write nothing into it
+    _assert_same(ref, ref_before)
+    after = model.module.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state_before.items())
+    assert list(model.adata_manager.get_state_registry("batch").categorical_mapping) == (
+        batches_before
+    )
+
+
+def test_prepare_query_mudata_refuses_under_half_shared_peaks(multi_split):
+    from scgenvae._quiet import quiet
+
+    _, query, model = multi_split
+    with quiet():
+        few = query.copy()
+        few.mod["atac"] = few.mod["atac"][:, :49].copy()  # 49 of 100 peaks
+        few.update()
+    with pytest.raises(ValueError, match="49 of the reference's 100 peaks"):
+        MultiVAE.prepare_query_mudata(few, model)
+    with quiet():
+        half = query.copy()
+        half.mod["atac"] = half.mod["atac"][:, :50].copy()
+        half.update()
+    assert MultiVAE.prepare_query_mudata(half, model).mod["atac"].n_vars == 100
+
+
 # ------------------------------------------------------------------------ load_query_data
 def test_frozen_query_training_keeps_reference_latent(rna_split):
     ref, query, model = rna_split
