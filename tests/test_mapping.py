@@ -379,3 +379,45 @@ def test_transfer_labels_copy_keys_and_h5ad(mapped, tmp_path):
         scgenvae.tl.transfer_labels(ref, query, "group", key_added="other")
     with pytest.raises(KeyError, match="label_key='nope'"):
         scgenvae.tl.transfer_labels(ref, query, "nope")
+
+
+# ------------------------------------------------------------------------ PBMC multiome (slow)
+@pytest.mark.slow
+def test_pbmc_rna_only_query_accessibility_matches_joint_model():
+    """Issue 18's bar, seed 0 (benchmarks/mapping_pbmc.py has three seeds).
+
+    A MultiVAE reference on 80% of the bundled PBMC multiome cells, the other 20% mapped from
+    their RNA alone: their imputed accessibility scores within 0.02 AUROC of a model trained on
+    all cells with both modalities, and above each peak's frequency in the reference.
+    """
+    from scgenvae._quiet import quiet
+    from scgenvae.metrics import auroc_auprc
+
+    mdata = scgenvae.datasets.pbmc_multiome_subset()
+    order = np.random.default_rng(0).permutation(mdata.n_obs)
+    query_idx, ref_idx = np.sort(order[:200]), np.sort(order[200:])
+    observed = _dense(mdata.mod["atac"].X[query_idx]) > 0
+    with quiet():
+        ref, full = mdata[ref_idx].copy(), mdata.copy()
+
+    MultiVAE.setup_mudata(ref)
+    model = MultiVAE(ref)
+    model.train(**TRAIN)
+    prepared = MultiVAE.prepare_query_mudata(mdata.mod["rna"][query_idx].copy(), model)
+    assert prepared.mod["atac"].X.nnz == 0  # nothing of the query's peaks reaches the model
+    qmodel = MultiVAE.load_query_data(prepared, model)
+    mapped = np.asarray(qmodel.get_accessibility_estimates(prepared, modality="rna"))
+
+    MultiVAE.setup_mudata(full)
+    joint = MultiVAE(full)
+    joint.train(**TRAIN)
+    ref_joint = np.asarray(
+        joint.get_accessibility_estimates(full, modality="rna", indices=query_idx)
+    )
+
+    frequency = (_dense(ref.mod["atac"].X) > 0).mean(0)
+    auroc_mapped = auroc_auprc(observed, mapped)[0]
+    auroc_joint = auroc_auprc(observed, ref_joint)[0]
+    auroc_base = auroc_auprc(observed, np.broadcast_to(frequency, observed.shape))[0]
+    assert auroc_mapped >= auroc_joint - 0.02, (auroc_mapped, auroc_joint)
+    assert auroc_mapped > auroc_base, (auroc_mapped, auroc_base)
