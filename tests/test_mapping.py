@@ -98,6 +98,62 @@ def test_load_query_data_needs_prepared_features(rna_split):
         PoissonVAE.load_query_data(query[:, ::-1].copy(), model)
 
 
+def _assert_same(a, b):
+    """Two AnnData objects hold the same data and annotations (slots the tests use)."""
+    assert list(a.obs_names) == list(b.obs_names)
+    assert list(a.var_names) == list(b.var_names)
+    assert a.obs.equals(b.obs)
+    assert a.var.equals(b.var)
+    assert np.array_equal(_dense(a.X), _dense(b.X))
+    assert set(a.layers) == set(b.layers)
+    assert set(a.obsm) == set(b.obsm)
+    for k in a.obsm:
+        assert np.array_equal(a.obsm[k], b.obsm[k])
+    assert set(a.uns) == set(b.uns)
+    assert set(a.obsp) == set(b.obsp)
+
+
+def test_mapping_leaves_the_users_objects_unchanged(rna_split):
+    ref, query, model = rna_split
+    user = query[:, query.var_names[::-1][:-3]].copy()  # reordered, 3 genes missing
+    user.obsm["mine"] = np.ones((user.n_obs, 2))
+    user.uns["note"] = {"a": 1}
+    user_before, ref_before = user.copy(), ref.copy()
+    state_before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    batches_before = list(model.adata_manager.get_state_registry("batch").categorical_mapping)
+    prepared = PoissonVAE.prepare_query_anndata(user, model)
+    prepared_before = prepared.copy()
+    qmodel = PoissonVAE.load_query_data(prepared, model)
+    qmodel.train(max_epochs=2, **TRAIN)
+    qmodel.get_latent_representation(prepared)
+    qmodel.get_latent_representation(ref)
+    _assert_same(user, user_before)
+    _assert_same(prepared, prepared_before)  # set-up and training write nothing into it
+    _assert_same(ref, ref_before)
+    after = model.module.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state_before.items())
+    assert list(model.adata_manager.get_state_registry("batch").categorical_mapping) == (
+        batches_before
+    )
+
+
+def test_prepare_query_mudata_refuses_under_half_shared_peaks(multi_split):
+    from scgenvae._quiet import quiet
+
+    _, query, model = multi_split
+    with quiet():
+        few = query.copy()
+        few.mod["atac"] = few.mod["atac"][:, :49].copy()  # 49 of 100 peaks
+        few.update()
+    with pytest.raises(ValueError, match="49 of the reference's 100 peaks"):
+        MultiVAE.prepare_query_mudata(few, model)
+    with quiet():
+        half = query.copy()
+        half.mod["atac"] = half.mod["atac"][:, :50].copy()
+        half.update()
+    assert MultiVAE.prepare_query_mudata(half, model).mod["atac"].n_vars == 100
+
+
 # ------------------------------------------------------------------------ load_query_data
 def test_frozen_query_training_keeps_reference_latent(rna_split):
     ref, query, model = rna_split
@@ -323,3 +379,47 @@ def test_transfer_labels_copy_keys_and_h5ad(mapped, tmp_path):
         scgenvae.tl.transfer_labels(ref, query, "group", key_added="other")
     with pytest.raises(KeyError, match="label_key='nope'"):
         scgenvae.tl.transfer_labels(ref, query, "nope")
+
+
+# ------------------------------------------------------------------------ PBMC multiome (slow)
+@pytest.mark.slow
+def test_pbmc_rna_only_query_accessibility_matches_joint_model():
+    """Issue 18's bar, seed 0 (benchmarks/mapping_pbmc.py has three seeds).
+
+    A MultiVAE reference on 80% of the bundled PBMC multiome cells, the other 20% mapped from
+    their RNA alone: their imputed accessibility scores within 0.02 AUROC of a model trained on
+    all cells with both modalities, and above each peak's frequency in the reference.
+    """
+    from scgenvae._quiet import quiet
+    from scgenvae.metrics import auroc_auprc
+
+    mdata = scgenvae.datasets.pbmc_multiome_subset()
+    order = np.random.default_rng(0).permutation(mdata.n_obs)
+    query_idx, ref_idx = np.sort(order[:200]), np.sort(order[200:])
+    observed = _dense(mdata.mod["atac"].X[query_idx]) > 0
+    with quiet():
+        ref, full = mdata[ref_idx].copy(), mdata.copy()
+
+    MultiVAE.setup_mudata(ref)
+    with pytest.warns(UserWarning, match="binarising"):  # fragment counts, as users have them
+        model = MultiVAE(ref)
+    model.train(**TRAIN)
+    prepared = MultiVAE.prepare_query_mudata(mdata.mod["rna"][query_idx].copy(), model)
+    assert prepared.mod["atac"].X.nnz == 0  # nothing of the query's peaks reaches the model
+    qmodel = MultiVAE.load_query_data(prepared, model)
+    mapped = np.asarray(qmodel.get_accessibility_estimates(prepared, modality="rna"))
+
+    MultiVAE.setup_mudata(full)
+    with pytest.warns(UserWarning, match="binarising"):
+        joint = MultiVAE(full)
+    joint.train(**TRAIN)
+    ref_joint = np.asarray(
+        joint.get_accessibility_estimates(full, modality="rna", indices=query_idx)
+    )
+
+    frequency = (_dense(ref.mod["atac"].X) > 0).mean(0)
+    auroc_mapped = auroc_auprc(observed, mapped)[0]
+    auroc_joint = auroc_auprc(observed, ref_joint)[0]
+    auroc_base = auroc_auprc(observed, np.broadcast_to(frequency, observed.shape))[0]
+    assert auroc_mapped >= auroc_joint - 0.02, (auroc_mapped, auroc_joint)
+    assert auroc_mapped > auroc_base, (auroc_mapped, auroc_base)
