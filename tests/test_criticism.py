@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -94,6 +95,18 @@ def test_per_cell_values_indices_and_new_data(rna_model):
     per_cell = model.get_elbo(return_mean=False, rng=0)
     assert per_cell.shape == (adata.n_obs,)
     assert per_cell.mean() == pytest.approx(model.get_elbo(rng=0), rel=1e-9)
+    # per-cell values in the order of the cells asked for: the deepest cell has the lowest
+    # ELBO, the shallowest the highest (a few % of Monte Carlo noise, far below their gap)
+    totals = np.asarray(adata.X.sum(1)).ravel()
+    idx = [int(totals.argmax()), int(totals.argmin())]
+    for getter in (model.get_elbo, functools.partial(model.get_marginal_ll, n_mc_samples=20)):
+        every = np.mean([getter(return_mean=False, rng=s) for s in range(3)], 0)
+        picked = np.mean([getter(indices=idx, return_mean=False, rng=s) for s in range(3, 6)], 0)
+        assert picked.shape == (2,)
+        assert picked[0] < picked[1]
+        # each value is nearer the same cell's than the other cell's
+        gap = np.abs(picked[:, None] - every[idx][None, :])
+        assert (gap.argmin(1) == [0, 1]).all()
     rec = model.get_reconstruction_error(return_mean=False, rng=0)
     assert rec["rna"].shape == (adata.n_obs,)
     # new data: a copy with other cell names scores like the training cells
@@ -115,12 +128,13 @@ def test_seeded_and_global_rng_untouched(rna_model):
 # (b) marginal log-likelihood ----------------------------------------------------------------
 def test_marginal_ll_above_elbo_and_rises_with_samples(rna_model):
     _, model = rna_model
-    elbo = np.mean([model.get_elbo(rng=s) for s in range(3)])
+    elbo = model.get_elbo(rng=0)
     ll_1 = model.get_marginal_ll(n_mc_samples=1, rng=0)
     ll_10 = model.get_marginal_ll(n_mc_samples=10, rng=0)
     ll_100 = model.get_marginal_ll(n_mc_samples=100, rng=0)
-    # one sample: an unbiased estimate of the ELBO (the KL by Monte Carlo)
-    assert ll_1 == pytest.approx(elbo, rel=0.02)
+    # one sample, the same z as the ELBO's: log p(x|z) + log p(z) - log q(z|x), the ELBO with
+    # its KL by Monte Carlo (log p(z) alone is ~ -7 nats per cell here)
+    assert ll_1 == pytest.approx(elbo, abs=1.0)
     assert elbo < ll_10 < ll_100
 
 

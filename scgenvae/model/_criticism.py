@@ -240,8 +240,9 @@ class CriticismMixin:
             ):
                 qz = inf[MODULE_KEYS.QZ_KEY]
                 log_w = []
-                for _ in range(n_mc_samples):
-                    z = qz.sample()
+                for k in range(n_mc_samples):
+                    # the first draw is inference's (that of get_elbo with the same rng)
+                    z = inf[MODULE_KEYS.Z_KEY] if k == 0 else qz.sample()
                     losses = self._losses_at(tensors, inf, z)
                     log_px = -sum(losses.reconstruction_loss.values())
                     log_w.append(log_px + prior.log_prob(z) - qz.log_prob(z).sum(-1))
