@@ -19,6 +19,7 @@ from scgenvae._docs import doc_params
 from scgenvae.module import ModalitySpec, get_head, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
+from ._criticism import MultiVAECriticismMixin
 from ._data import RowSource, stand_in
 from ._mapping import MIN_SHARED_FEATURES, prepare_query_mudata
 from ._setup import Scans
@@ -166,7 +167,7 @@ def _check_covariates(args: dict, obs: pd.DataFrame, mods: list, cells: pd.Index
     check_continuous(frame, cont, where="mdata.obs")
 
 
-class MultiVAE(BaseScgenvaeModel):
+class MultiVAE(MultiVAECriticismMixin, BaseScgenvaeModel):
     """Multimodal VAE for paired single-cell RNA + ATAC with one joint latent.
 
     Gene counts have a Poisson decoder (library size as offset; or negative binomial), peaks a

@@ -16,6 +16,7 @@ from scgenvae._docs import doc_params
 from scgenvae.module import ModalitySpec, log_library_mean
 
 from ._base import BaseScgenvaeModel, _obs_frame, covariate_fields
+from ._criticism import CriticismMixin
 from ._data import RowSource, stand_in
 from ._setup import Scans
 from ._validate import (
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class PoissonVAE(BaseScgenvaeModel):
+class PoissonVAE(CriticismMixin, BaseScgenvaeModel):
     """Conditional VAE for single-cell counts with a Poisson decoder.
 
     The encoder ``q(z | x, s)`` maps log counts and the batch/covariates ``s`` to a diagonal

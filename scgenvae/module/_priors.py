@@ -43,6 +43,10 @@ class StandardNormalPrior(nn.Module):
         m, s = qz.loc, qz.scale
         return {"kl_z": (0.5 * (m.square() + s.square() - 1.0) - torch.log(s)).sum(-1)}
 
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p(z)`` of each point (``z``: ... x n_latent), summed over dimensions."""
+        return -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
+
 
 def gumbel_softmax_sample(
     logits: torch.Tensor,
@@ -132,6 +136,17 @@ class GaussianMixturePrior(nn.Module):
             2 * self.log_scales - torch.log(var_q) + (var_q + (mu_q - self.means) ** 2) / var_p - 1
         )
         return kl.sum(-1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """Marginal ``log p(z) = log (1/K) sum_k N(z; mu_k, sigma^2)`` of each point.
+
+        ``z``: ... x n_latent. Before :meth:`initialise`, ``N(0, I)`` (what the prior acts as).
+        """
+        if not bool(self.initialised):
+            return StandardNormalPrior.log_prob(self, z)
+        comp = Normal(self.means, self.log_scales.exp(), validate_args=False)
+        log_pzc = comp.log_prob(z.unsqueeze(-2)).sum(-1)  # ... x K
+        return torch.logsumexp(log_pzc, -1) - math.log(self.n_clusters)
 
     def cluster_logits(self, qz: Normal) -> torch.Tensor:
         """Logits of ``q(c | x)`` (cells x K)."""
