@@ -111,7 +111,7 @@ BUSY_COLUMNS = (
     "model",
     "batch size",
     "threads",
-    "step count (idle / busy)",
+    "step threads (idle / busy)",
     "step ms idle",
     "step ms busy",
     "busy / idle step",
@@ -482,7 +482,7 @@ def workload_speed(cfg: Config, runner: Runner, tmp: Path, env: dict, report: di
         "used for training (`train_size=1.0`), no validation, no early stopping, gene likelihood "
         "Poisson. Otherwise each package's defaults (MULTIVI keeps its adversarial batch "
         "classifier, AdamW and lr 1e-4), threads included: torch starts with its default "
-        f"({default} threads here; OMP_NUM_THREADS {_omp(env)}) and scgenvae with "
+        f"({default} thread(s) here; OMP_NUM_THREADS {_omp(env)}) and scgenvae with "
         "`settings.num_threads = None` (its loops choose the count from measured step times). "
         "Jobs of ours and theirs alternate.",
         "",

@@ -64,7 +64,7 @@ EXPECTED_TABLES = {
         "model",
         "batch size",
         "threads",
-        "step count (idle / busy)",
+        "step threads (idle / busy)",
         "step ms idle",
         "step ms busy",
         "busy / idle step",
