@@ -265,3 +265,28 @@ def test_busy_process_burns_a_core_and_is_killed(run_module):
     assert burner.proc.returncode is not None
     assert not Path(f"/proc/{pid}").exists()
     assert burner.cpu_fraction() > 0.2  # it spun (at least a fifth of a core on a busy node)
+
+
+def test_worker_applies_the_job_thread_settings():
+    import types
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("scgenvae_bench_worker", BENCH / "_worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    settings = types.SimpleNamespace(num_threads="unset")
+    before = torch.get_num_threads()
+    try:
+        job = {"torch_threads": 2, "num_threads": 2}
+        worker.apply_threads(job, 1, 3, settings)
+        assert (torch.get_num_threads(), settings.num_threads) == (2, 2)
+        assert job["torch_default_threads"] == 3
+        worker.apply_threads({"torch_threads": 0, "num_threads": None}, 1, 3, settings)
+        assert (torch.get_num_threads(), settings.num_threads) == (3, None)  # both defaults
+        worker.apply_threads({}, 1, 3, settings)  # the worker's own --threads for both
+        assert (torch.get_num_threads(), settings.num_threads) == (1, 1)
+        worker.apply_threads({}, 0, 2, settings)
+        assert (torch.get_num_threads(), settings.num_threads) == (2, None)
+    finally:
+        torch.set_num_threads(before)
