@@ -32,6 +32,8 @@ check-quality-tests: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/scgenvae demo --output demo_output
 
+# every workload of benchmarks/run.py into benchmarks/RESULTS.md (+ .json); needs an idle machine
+# (workload 1 runs jobs beside a busy process it starts itself); about an hour on 2 cores
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --output benchmarks/RESULTS.md
 

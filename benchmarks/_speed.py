@@ -26,7 +26,11 @@ def peak_rss_mib() -> float:
 
 
 class EpochTimer(Callback):
-    """Wall time of each training epoch; optionally streams progress to a JSON file.
+    """Wall time of each training epoch and step; optionally streams progress to a JSON file.
+
+    A step is timed from ``on_train_batch_start`` to ``on_train_batch_end`` (loading the
+    minibatch excluded), with the torch thread count it ended with (scgenvae's thread tuner
+    sets the count of each step before it starts).
 
     The progress file lets the orchestrator report how far a run got when it had to be killed
     at its time limit (cells done and seconds spent in the current epoch).
@@ -38,12 +42,22 @@ class EpochTimer(Callback):
         self.progress_file = progress_file
         self.every = every
         self._cells = 0
+        self._step_start = 0.0
+        #: (epoch, seconds, torch threads) of every training step
+        self.steps: list[tuple[int, float, int]] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.starts.append(time.perf_counter())
         self._cells = 0
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_start = time.perf_counter()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import torch
+
+        seconds = time.perf_counter() - self._step_start
+        self.steps.append((len(self.starts), seconds, torch.get_num_threads()))
         if self.progress_file is None:
             return
         self._cells += _batch_cells(batch)
@@ -77,9 +91,28 @@ def _batch_cells(batch) -> int:
 
 
 def median_epoch(seconds: list[float]) -> float:
-    """Median of epochs 2-5 (1-based); the first epoch is warm-up. Falls back to what exists."""
-    steady = seconds[1:5] or seconds
+    """Median of epochs 2 to the last (1-based); the first epoch is warm-up.
+
+    Falls back to what exists (a single epoch).
+    """
+    steady = seconds[1:] or seconds
     return float(statistics.median(steady))
+
+
+def step_summary(steps: list[tuple[int, float, int]]) -> dict:
+    """Median and worst step time after the first epoch, and the thread counts used."""
+    steady = [s for s in steps if s[0] > 1] or steps
+    times = [s[1] for s in steady]
+    counts: dict[int, int] = {}
+    for _, _, threads in steady:
+        counts[threads] = counts.get(threads, 0) + 1
+    return {
+        "median_step_seconds": float(statistics.median(times)) if times else float("nan"),
+        "max_step_seconds": max(times, default=float("nan")),
+        # the count most steps ran with (ties: the fewer threads)
+        "step_threads": min(counts, key=lambda t: (-counts[t], t)) if counts else None,
+        "step_thread_counts": {str(t): n for t, n in sorted(counts.items())},
+    }
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -200,21 +233,31 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
 
 
 def env_job(job: dict) -> dict:
-    """Versions, thread count and the matmul reference throughput."""
+    """Versions, thread counts and the matmul reference throughput at 1, 2 and torch's default."""
     import lightning
     import scvi
     import torch
 
     import scgenvae
 
+    threads = torch.get_num_threads()
+    default = job["torch_default_threads"]
+    by_threads = {}
+    for count in sorted({1, 2, default, threads}):
+        torch.set_num_threads(count)
+        by_threads[str(count)] = matmul_gflops(job.get("matmul_n", 1024))
+    torch.set_num_threads(threads)
     return {
         "torch": torch.__version__,
         "scvi": scvi.__version__,
         "lightning": lightning.__version__,
         "scgenvae": scgenvae.__version__,
         "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "matmul_gflops": matmul_gflops(job.get("matmul_n", 1024)),
+        "torch_threads": threads,
+        "torch_default_threads": default,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "matmul_gflops": by_threads[str(threads)] if str(threads) in by_threads else float("nan"),
+        "matmul_gflops_by_threads": by_threads,
         "matmul_n": job.get("matmul_n", 1024),
     }
 
@@ -337,6 +380,12 @@ def train_model(model, name: str, *, max_epochs: int, batch_size: int, callbacks
     model.train(train_size=1.0, early_stopping=False, check_val_every_n_epoch=None, **common)
 
 
+def _num_threads_setting():
+    import scgenvae
+
+    return scgenvae.settings.num_threads
+
+
 def speed_job(job: dict) -> dict:
     """Train ``job['model']`` on the job's data and report epoch times, RSS and FLOPs."""
     import torch
@@ -388,6 +437,11 @@ def speed_job(job: dict) -> dict:
         "nnz_genes_per_cell": nnz_genes,
         "n_sampled_peaks": getattr(model.module, "n_sampled_peaks", None),
         "torch_threads": torch.get_num_threads(),
+        "torch_default_threads": job.get("torch_default_threads"),
+        "num_threads_setting": _num_threads_setting(),
+        **step_summary(timer.steps),
+        "epoch_of_step": [s[0] for s in timer.steps],
+        "step_seconds": [s[1] for s in timer.steps],
         "pid": os.getpid(),
         **flops,
     }

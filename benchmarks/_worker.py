@@ -66,6 +66,22 @@ def fucci_job(job: dict) -> dict:
     }
 
 
+def apply_threads(job: dict, threads: int, torch_default: int, settings) -> None:
+    """Set torch's thread count and ``scgenvae.settings.num_threads`` for one job.
+
+    ``job["torch_threads"]``: 0 = torch's own default, ``n`` = ``n``; absent = the worker's
+    ``threads`` (0 = torch's default). ``job["num_threads"]``: the scgenvae setting (``None`` =
+    chosen from measurement); absent = the worker's ``threads`` (``None`` when 0), so that both
+    packages run at the same count. Set for every job, since ``--quick`` shares one worker.
+    """
+    import torch
+
+    torch_threads = job.get("torch_threads", threads)
+    torch.set_num_threads(torch_threads if torch_threads > 0 else torch_default)
+    settings.num_threads = job.get("num_threads", threads or None)
+    job["torch_default_threads"] = torch_default
+
+
 def _tasks() -> dict:
     import _quality
     import _speed
@@ -88,14 +104,17 @@ def main() -> None:
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     import torch
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    # imported before any set_num_threads: its default thread choice reads torch's own default
+    import scgenvae
+
+    torch_default = torch.get_num_threads()
     tasks = _tasks()
     for line in sys.stdin:
         if not line.strip():
             continue
         job = json.loads(line)
         try:
+            apply_threads(job, threads, torch_default, scgenvae.settings)
             answer = {"ok": True, "result": tasks[job["task"]](job)}
         except Exception as err:  # noqa: BLE001 - reported to the orchestrator, which goes on
             answer = {

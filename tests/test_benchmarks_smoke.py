@@ -8,8 +8,10 @@ are spelled out here on purpose: changing a table means changing this test.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,13 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 EXPECTED_TABLES = {
-    "targets": ["target", "batch size", "measured", "goal", "met", "distance"],
+    "targets": ["target", "batch size", "measured", "goal", "met", "distance", "CPU"],
     "speed": [
         "model",
+        "n_hidden",
         "batch size",
-        "s/epoch (median, epochs 2-5)",
+        "threads",
+        "s/epoch (median, epochs 2-4)",
         "cells/s",
         "train() wall s",
         "peak RSS MiB",
@@ -32,6 +36,7 @@ EXPECTED_TABLES = {
     ],
     "ratios": [
         "ours / theirs",
+        "n_hidden",
         "batch size",
         "cells/s ratio",
         "s/epoch ratio",
@@ -47,6 +52,26 @@ EXPECTED_TABLES = {
         "Spearman RNA from ATAC",
         "time 15-NN acc.",
         "reached MULTIVI",
+    ],
+    "thread scaling": [
+        "model",
+        "batch size",
+        "cells/s, 1 thread",
+        "cells/s, 2 threads",
+        "2 / 1 threads",
+    ],
+    "busy node": [
+        "model",
+        "batch size",
+        "threads",
+        "step threads (idle / busy)",
+        "step ms idle",
+        "step ms busy",
+        "busy / idle step",
+        "epoch s idle",
+        "worst epoch s busy",
+        "worst busy epoch / idle epoch",
+        "busy process CPU",
     ],
     "scale": [
         "model",
@@ -87,7 +112,7 @@ def run_module():
 
 
 @pytest.fixture(scope="module")
-def quick_report(run_module, tmp_path_factory) -> str:
+def quick_output(run_module, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("bench")
     results = tmp / "results_cell_cycle.md"
     script = tmp / "cell_cycle_fucci.py"
@@ -97,7 +122,17 @@ def quick_report(run_module, tmp_path_factory) -> str:
     argv += ["--fucci-script", str(script), "--fucci-results", str(results)]
     assert run_module.main(argv) == 0
     assert out.with_suffix(".json").exists()
-    return out.read_text()
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_report(quick_output) -> str:
+    return quick_output.read_text()
+
+
+@pytest.fixture(scope="module")
+def quick_json(quick_output) -> dict:
+    return json.loads(quick_output.with_suffix(".json").read_text())
 
 
 def _header(columns: list[str]) -> str:
@@ -116,10 +151,13 @@ def test_harness_columns_match_this_test(run_module):
     assert list(run_module.QUALITY_COLUMNS) == EXPECTED_TABLES["quality"]
     assert list(run_module.TTQ_COLUMNS) == EXPECTED_TABLES["time to quality"]
     assert list(run_module.SCALE_COLUMNS) == EXPECTED_TABLES["scale"]
+    assert list(run_module.SCALING_COLUMNS) == EXPECTED_TABLES["thread scaling"]
+    assert list(run_module.BUSY_COLUMNS) == EXPECTED_TABLES["busy node"]
 
 
 def test_machine_and_command_are_stated(quick_report):
-    for field in ("| CPU |", "| cores |", "| torch threads | 1 |", "| date |", "| versions |"):
+    fields = ("| CPU |", "| cores |", "| torch threads | 1 |", "| date |", "| versions |")
+    for field in (*fields, "| torch default threads |"):
         assert field in quick_report
     assert "Command: `python benchmarks/run.py --quick --threads 1" in quick_report
     assert re.search(r"\| matmul reference \| [\d.,]+ GFLOP/s", quick_report)
@@ -139,9 +177,23 @@ def _rows(report: str, columns: list[str]) -> list[list[str]]:
 def test_every_model_ran(quick_report):
     speed = _rows(quick_report, EXPECTED_TABLES["speed"])
     assert sorted({r[0] for r in speed}) == ["MULTIVI", "MultiVAE", "PoissonVAE", "SCVI"]
-    assert len(speed) == 8  # 4 models x 2 batch sizes
+    assert len(speed) == 16  # 4 models x 2 n_hidden x 2 batch sizes
     for row in speed:
-        assert all(re.fullmatch(r"[\d.,]+", cell) for cell in row[1:]), row
+        assert all(re.fullmatch(r"[\d.,]+", cell) for i, cell in enumerate(row[1:]) if i != 2), row
+        assert re.fullmatch(r"\d+( \(\d+\)(, \d+ \(\d+\))*)?", row[3]), row  # threads
+    scaling = _rows(quick_report, EXPECTED_TABLES["thread scaling"])
+    assert [r[:2] for r in scaling] == [
+        ["MultiVAE", "128"],
+        ["MultiVAE", "64"],
+        ["PoissonVAE", "128"],
+        ["PoissonVAE", "64"],
+    ]
+    assert all(re.fullmatch(r"[\d.,]+", cell) for r in scaling for cell in r[1:]), scaling
+    busy = _rows(quick_report, EXPECTED_TABLES["busy node"])
+    assert len(busy) == 8  # 2 models x 2 batch sizes x (defaults, cores fixed)
+    for row in busy:
+        assert all(re.fullmatch(r"[\d.,]+", c) for c in row[4:10]), row
+        assert re.fullmatch(r"\d+%", row[10]), row
     scale = _rows(quick_report, EXPECTED_TABLES["scale"])
     assert [r[1] for r in scale] == ["finished", "finished"]
     quality = _rows(quick_report, EXPECTED_TABLES["quality"])
@@ -174,3 +226,67 @@ def test_target_rows(run_module):
     assert short[4] == "not met"
     assert short[5].startswith("-10.0 points")
     assert run_module.target_row("x", 128, float("nan"), 4.0)[4] == "not measured"
+
+
+def test_every_goal_of_issue_19_is_a_target_row(quick_report, run_module):
+    targets = _rows(quick_report, EXPECTED_TABLES["targets"])
+    cpu = run_module.cpu_model()
+    assert all(r[6] == cpu for r in targets)
+    goals = [r[3] for r in targets]
+    assert goals.count("8x") == 4  # MultiVAE vs MULTIVI: 2 n_hidden x 2 batch sizes
+    assert goals.count("3x") == 4
+    assert goals.count("1.6x") == 2  # 1 -> 2 threads at the largest batch, both models
+    assert goals.count("0.95x") == 2  # no loss at the smaller batch
+    assert goals.count("<= 1.5x") == 8  # busy node: median step and worst epoch
+    assert goals.count("50%") == 4  # % of matmul at batch 128 (quick: 64), 2 n_hidden
+    for row in targets:
+        assert row[4] in ("met", "not met"), row  # every target was measured
+    assert "Goals:" in quick_report
+
+
+def test_jobs_ran_with_the_thread_settings_asked(quick_json):
+    for key, ans in quick_json["threads"].items():
+        threads = int(key.rsplit("@t", 1)[1])
+        r = ans["result"]
+        assert r["num_threads_setting"] == threads
+        assert list(r["step_thread_counts"]) == [str(threads)], key
+    for ans in quick_json["speed"].values():
+        r = ans["result"]
+        assert r["num_threads_setting"] is None  # ours at defaults; scvi ignores the setting
+        assert r["torch_default_threads"] >= 1
+
+
+def test_busy_process_burns_a_core_and_is_killed(run_module):
+    with run_module.busy_process() as burner:
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end:
+            time.sleep(0.05)
+        pid = burner.proc.pid
+    assert burner.proc.returncode is not None
+    assert not Path(f"/proc/{pid}").exists()
+    assert burner.cpu_fraction() > 0.2  # it spun (at least a fifth of a core on a busy node)
+
+
+def test_worker_applies_the_job_thread_settings():
+    import types
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("scgenvae_bench_worker", BENCH / "_worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    settings = types.SimpleNamespace(num_threads="unset")
+    before = torch.get_num_threads()
+    try:
+        job = {"torch_threads": 2, "num_threads": 2}
+        worker.apply_threads(job, 1, 3, settings)
+        assert (torch.get_num_threads(), settings.num_threads) == (2, 2)
+        assert job["torch_default_threads"] == 3
+        worker.apply_threads({"torch_threads": 0, "num_threads": None}, 1, 3, settings)
+        assert (torch.get_num_threads(), settings.num_threads) == (3, None)  # both defaults
+        worker.apply_threads({}, 1, 3, settings)  # the worker's own --threads for both
+        assert (torch.get_num_threads(), settings.num_threads) == (1, 1)
+        worker.apply_threads({}, 0, 2, settings)
+        assert (torch.get_num_threads(), settings.num_threads) == (2, None)
+    finally:
+        torch.set_num_threads(before)
