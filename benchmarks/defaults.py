@@ -166,8 +166,8 @@ def _multiome_scores(model, m_test) -> dict:
 
     z_rna = model.get_latent_representation(m_test, modality="rna")
     z_atac = model.get_latent_representation(m_test, modality="atac")
-    acc = model.get_accessibility_estimates(m_test, modality="rna")
-    expr = model.get_normalized_expression(m_test, modality="atac")
+    acc = model.get_accessibility_estimates(m_test, modality="rna", return_numpy=True)
+    expr = model.get_normalized_expression(m_test, modality="atac", return_numpy=True)
     return {
         "foscttm": metrics.foscttm(z_rna, z_atac),
         "auroc_atac_from_rna": metrics.auroc_auprc(m_test.mod["atac"].X, acc)[0],

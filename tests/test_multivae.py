@@ -34,7 +34,7 @@ def test_setup_does_not_modify_mudata(mdata, quiet):
     obs_cols = list(mdata.obs.columns)
     rna_x = mdata.mod["rna"].X.copy()
     model = _trained(mdata, quiet)
-    model.get_accessibility_estimates(modality="rna")
+    model.get_accessibility_estimates(modality="rna", return_numpy=True)
     assert list(mdata.mod) == mods
     assert list(mdata.obs.columns) == obs_cols
     assert (rna_x != mdata.mod["rna"].X).nnz == 0
@@ -53,25 +53,25 @@ def test_export_latent_writes_mudata_and_modalities(mdata, quiet):
 
 def test_imputation_shapes_and_ranges(mdata, quiet):
     model = _trained(mdata, quiet)
-    acc = model.get_accessibility_estimates(modality="rna")
+    acc = model.get_accessibility_estimates(modality="rna", return_numpy=True)
     assert acc.shape == (200, 100)
     assert ((acc >= 0) & (acc <= 1)).all()
-    expr = model.get_normalized_expression(modality="atac")
+    expr = model.get_normalized_expression(modality="atac", return_numpy=True)
     np.testing.assert_allclose(expr.sum(1), 1.0, rtol=1e-4)
     with pytest.raises(ValueError, match=r"`modality='atac'` must be one of"):
-        model.get_accessibility_estimates(modality="atac")
+        model.get_accessibility_estimates(modality="atac", return_numpy=True)
     with pytest.warns(FutureWarning, match="`use_modality` is now `modality`"):
-        old = model.get_accessibility_estimates(use_modality="rna")
+        old = model.get_accessibility_estimates(use_modality="rna", return_numpy=True)
     np.testing.assert_array_equal(old, acc)
 
 
 def test_rna_only_imputation_ignores_the_cells_atac(mdata, quiet):
     """Accessibility predicted from RNA must not change when the cell's ATAC is removed."""
     model = _trained(mdata, quiet)
-    a = model.get_accessibility_estimates(modality="rna")
+    a = model.get_accessibility_estimates(modality="rna", return_numpy=True)
     blank = mdata.copy()
     blank.mod["atac"].X = sparse.csr_matrix(blank.mod["atac"].shape, dtype=np.float32)
-    b = model.get_accessibility_estimates(blank, modality="rna")
+    b = model.get_accessibility_estimates(blank, modality="rna", return_numpy=True)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -90,7 +90,7 @@ def test_cross_modal_quality_on_synthetic(mdata, quiet):
     z_atac = model.get_latent_representation(modality="atac")
     assert metrics.foscttm(z_rna, z_atac) < 0.143
     auroc, _ = metrics.auroc_auprc(
-        mdata.mod["atac"].X, model.get_accessibility_estimates(modality="rna")
+        mdata.mod["atac"].X, model.get_accessibility_estimates(modality="rna", return_numpy=True)
     )
     freq = np.asarray(mdata.mod["atac"].X.mean(0)).ravel()
     base, _ = metrics.auroc_auprc(mdata.mod["atac"].X, np.broadcast_to(freq, (200, 100)))
@@ -156,7 +156,7 @@ def test_save_load_and_new_cells(mdata, quiet, tmp_path):
     np.testing.assert_array_equal(
         loaded.get_latent_representation(), model.get_latent_representation()
     )
-    acc = loaded.get_accessibility_estimates(new, modality="rna")
+    acc = loaded.get_accessibility_estimates(new, modality="rna", return_numpy=True)
     assert acc.shape == (30, 100)
 
 

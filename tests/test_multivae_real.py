@@ -47,8 +47,8 @@ def test_pbmc_subset_held_out_cells(quiet):
         warnings.filterwarnings("ignore", message="ATAC values are not binary")
         z_rna = model.get_latent_representation(m_test, modality="rna")
         z_atac = model.get_latent_representation(m_test, modality="atac")
-        acc = model.get_accessibility_estimates(m_test, modality="rna")
-        expr = model.get_normalized_expression(m_test, modality="atac")
+        acc = model.get_accessibility_estimates(m_test, modality="rna", return_numpy=True)
+        expr = model.get_normalized_expression(m_test, modality="atac", return_numpy=True)
     assert metrics.foscttm(z_rna, z_atac) < 0.247
     auroc, _ = metrics.auroc_auprc(m_test.mod["atac"].X, acc)
     freq = np.asarray((m_train.mod["atac"].X > 0).mean(0)).ravel()

@@ -70,6 +70,9 @@ class LikelihoodHead:
     name: ClassVar[str] = ""
     #: the likelihood scores ``x > 0``: the data are binarised (:meth:`prepare`)
     binarize: ClassVar[bool] = False
+    #: :meth:`distribution` accepts ``columns`` (a subset of features, computed alone): true
+    #: where each feature's output does not depend on the others (not for softmax shares)
+    column_subset: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -119,8 +122,14 @@ class LikelihoodHead:
         h: torch.Tensor,
         log_library: torch.Tensor,
         log_library_centre: float,
+        *,
+        columns: torch.Tensor | None = None,
     ) -> Distribution:
-        """``p(x | h, library)`` of a minibatch (``h``: cells x n_hidden)."""
+        """``p(x | h, library)`` of a minibatch (``h``: cells x n_hidden).
+
+        ``columns`` (feature positions; heads with :attr:`column_subset` only) builds the
+        distribution of those features alone.
+        """
         raise NotImplementedError
 
     def log_likelihood(
@@ -216,6 +225,7 @@ class BernoulliHead(LikelihoodHead):
 
     name = "bernoulli"
     binarize = True
+    column_subset = True
 
     # data ---------------------------------------------------------------------------
     def prepare(self, matrix):
@@ -258,13 +268,14 @@ class BernoulliHead(LikelihoodHead):
         # an unobserved modality has no depth: use p(log library | z) instead
         return torch.where(library > 0, library, torch.nan)
 
-    def distribution(self, decoder, h, log_library, log_library_centre):
+    def distribution(self, decoder, h, log_library, log_library_centre, *, columns=None):
+        weight, bias = decoder.head.weight, decoder.head.bias + decoder.region_bias
+        region_depth = decoder.region_depth
+        if columns is not None:  # each peak's logit is its own: compute the asked ones only
+            weight, bias = weight.index_select(0, columns), bias.index_select(0, columns)
+            region_depth = region_depth.index_select(0, columns)
         return FactorisedBernoulli(
-            h,
-            decoder.head.weight,
-            decoder.head.bias + decoder.region_bias,
-            (log_library - log_library_centre).unsqueeze(-1),
-            decoder.region_depth,
+            h, weight, bias, (log_library - log_library_centre).unsqueeze(-1), region_depth
         )
 
     def log_likelihood(self, decoded, x, *, library, n_sampled=None):
