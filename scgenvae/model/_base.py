@@ -428,17 +428,25 @@ class BaseScgenvaeModel(
         return ~seen
 
     @staticmethod
-    def _warn_lacking(n_lacking: int, n_cells: int, use_modalities: tuple[str, ...], what: str):
+    def _warn_lacking(
+        n_lacking: int,
+        n_cells: int,
+        use_modalities: tuple[str, ...],
+        what: str,
+        *,
+        stacklevel: int = 3,
+    ) -> None:
+        """One warning for the cells whose output is NaN for lack of input."""
         if not n_lacking:
             return
         names = " or ".join(repr(m) for m in use_modalities)
         warnings.warn(
             f"{n_lacking:,} of {n_cells:,} cells have no {names} data (absent from the modality, "
-            f"or no counts): their {what} are NaN, since it is computed from {names} alone. "
+            f"or no counts): their {what} are NaN, as they are computed from {names} alone. "
             "Use `modality='joint'` for an estimate from what each cell has, or pass "
             "`indices` to leave them out.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
     def _cell_indices(self, indices, data=None) -> np.ndarray | None:
@@ -627,7 +635,7 @@ class BaseScgenvaeModel(
                 )
             start += len(values)
         if use_modalities is not None:
-            self._warn_lacking(n_lacking, n_cells, use_modalities, what)
+            self._warn_lacking(n_lacking, n_cells, use_modalities, what, stacklevel=4)
         if threshold is None:
             return out
         if not blocks:
