@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from anndata import AnnData
@@ -19,12 +21,25 @@ def _trained(mdata, quiet, *, epochs=5, **kwargs):
     return model
 
 
+def _without(mdata, mod: str) -> np.ndarray:
+    """Cells with no counts in modality ``mod`` (the fixture's cells are all paired)."""
+    return np.asarray(mdata.mod[mod].X.sum(1)).ravel() == 0
+
+
 def test_latents_of_each_modality(mdata, quiet):
     model = _trained(mdata, quiet)
+    lacking = {"joint": np.zeros(200, bool), "rna": _without(mdata, "rna")}
+    lacking["atac"] = _without(mdata, "atac")
+    assert lacking["atac"].sum() == 1  # one cell of the fixture has no ATAC counts
     for modality in ("joint", "rna", "atac"):
-        z = model.get_latent_representation(modality=modality)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            z = model.get_latent_representation(modality=modality)
         assert z.shape == (200, 4)
-        assert np.isfinite(z).all()
+        # a cell without the modality has no latent from it: NaN, with one warning
+        np.testing.assert_array_equal(np.isnan(z).all(1), lacking[modality])
+        assert np.isfinite(z[~lacking[modality]]).all()
+        assert len(caught) == int(lacking[modality].any())
     with pytest.raises(ValueError, match="modality='protein'"):
         model.get_latent_representation(modality="protein")
 
@@ -56,8 +71,11 @@ def test_imputation_shapes_and_ranges(mdata, quiet):
     acc = model.get_accessibility_estimates(modality="rna", return_numpy=True)
     assert acc.shape == (200, 100)
     assert ((acc >= 0) & (acc <= 1)).all()
-    expr = model.get_normalized_expression(modality="atac", return_numpy=True)
-    np.testing.assert_allclose(expr.sum(1), 1.0, rtol=1e-4)
+    no_atac = _without(mdata, "atac")
+    with pytest.warns(UserWarning, match="1 of 200 cells have no 'atac' data"):
+        expr = model.get_normalized_expression(modality="atac", return_numpy=True)
+    np.testing.assert_allclose(expr[~no_atac].sum(1), 1.0, rtol=1e-4)
+    assert np.isnan(expr[no_atac]).all()
     with pytest.raises(ValueError, match=r"`modality='atac'` must be one of"):
         model.get_accessibility_estimates(modality="atac", return_numpy=True)
     with pytest.warns(FutureWarning, match="`use_modality` is now `modality`"):
@@ -86,8 +104,9 @@ def test_cross_modal_quality_on_synthetic(mdata, quiet):
     0.899, and AUROC above the baseline's.
     """
     model = _trained(mdata, quiet, epochs=80)
-    z_rna = model.get_latent_representation(modality="rna")
-    z_atac = model.get_latent_representation(modality="atac")
+    has_atac = ~_without(mdata, "atac")  # one cell has no ATAC counts: no ATAC latent
+    z_rna = model.get_latent_representation(modality="rna", indices=has_atac)
+    z_atac = model.get_latent_representation(modality="atac", indices=has_atac)
     assert metrics.foscttm(z_rna, z_atac) < 0.143
     auroc, _ = metrics.auroc_auprc(
         mdata.mod["atac"].X, model.get_accessibility_estimates(modality="rna", return_numpy=True)
