@@ -256,3 +256,23 @@ def test_progress_bar_on_long_loops_only(unpaired, monkeypatch, capsys):
     model.get_accessibility_estimates(batch_size=50, return_numpy=True)
     model.get_latent_representation(batch_size=8)
     assert capsys.readouterr().out == ""
+
+
+def test_wide_outputs_decoded_in_row_chunks_are_the_same(unpaired, monkeypatch):
+    model, _, _, atac_only = unpaired
+    with pytest.warns(UserWarning, match="no 'rna' data"):
+        whole = model.get_accessibility_estimates(modality="rna", return_numpy=True)
+    whole_sparse = model.get_accessibility_estimates(threshold=0.2, return_numpy=True)
+    monkeypatch.setattr(base, "DECODE_CHUNK_VALUES", 7 * 100)  # 7 cells at a time
+    calls = []
+    generative = model.module.generative
+    monkeypatch.setattr(
+        model.module, "generative", lambda *a, **k: calls.append(1) or generative(*a, **k)
+    )
+    with pytest.warns(UserWarning, match="no 'rna' data"):
+        chunked = model.get_accessibility_estimates(modality="rna", return_numpy=True)
+    assert len(calls) == -(-200 // 7)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+    np.testing.assert_array_equal(np.isnan(chunked).all(1), atac_only)
+    chunked_sparse = model.get_accessibility_estimates(threshold=0.2, return_numpy=True)
+    np.testing.assert_allclose(chunked_sparse.toarray(), whole_sparse.toarray(), rtol=1e-6)

@@ -83,6 +83,23 @@ DEFAULT_BATCH_SIZE = 1024
 PROGRESS_MIN_BATCHES = 20
 #: ... or when it decodes more values than this in several minibatches
 PROGRESS_MIN_VALUES = 50_000_000
+#: values (cells x features) decoded at once by the getters (16 MiB of float32 per temporary)
+DECODE_CHUNK_VALUES = 2**22
+
+
+def _row_slice(inputs: dict, rows: slice) -> dict:
+    """The generative inputs of some rows (tensors, dicts and lists of tensors, or None)."""
+
+    def cut(v):
+        if v is None:
+            return None
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [cut(x) for x in v]
+        return v[rows]
+
+    return {k: cut(v) for k, v in inputs.items()}
 
 
 def _obs_frame(obs: pd.DataFrame, columns: Sequence[str], n_obs: int) -> pd.DataFrame:
@@ -587,6 +604,7 @@ class BaseScgenvaeModel(
         decode_cols = None
         if columns is not None and head.column_subset:
             decode_cols = torch.as_tensor(columns, dtype=torch.long)
+        width = self.module.modalities[target].n_input if decode_cols is None else n_cols
         prepared = self._internal(data)
         positions = self._cell_indices(indices, data)
         n_cells = prepared[0].n_obs if positions is None else len(positions)
@@ -605,35 +623,42 @@ class BaseScgenvaeModel(
             gen_in[MODULE_KEYS.Z_KEY] = inf[MODULE_KEYS.QZ_KEY].loc
             if decode_cols is not None:
                 decode_cols = decode_cols.to(gen_in[MODULE_KEYS.Z_KEY].device)
-            gen = self.module.generative(
-                **gen_in,
-                transform_batch=code,
-                observed_library=observed_library,
-                modalities=(target,),
-                columns=None if decode_cols is None else {target: decode_cols},
-            )
             seen = inf[MODULE_KEYS.OBSERVED_KEY][target]
-            unseen = ~seen if observed_library else torch.ones_like(seen)
-            values = head.predictive_mean(gen[target], unobserved_depth=unseen)
-            if columns is not None and decode_cols is None:
-                values = values[:, torch.as_tensor(columns, device=values.device)]
-            lacking = self._lacking_input(inf, use_modalities)
-            n_lacking += int(lacking.sum())
-            values = values.float().cpu()
-            if threshold is None:
-                if lacking.any():
-                    values = values.masked_fill(lacking.cpu().unsqueeze(-1), float("nan"))
-                out[start : start + len(values)] = values.numpy()
-            else:
-                keep = (values >= threshold) & ~lacking.cpu().unsqueeze(-1)
-                rows, cols = keep.nonzero(as_tuple=True)
-                blocks.append(
-                    sparse.csr_matrix(
-                        (values[rows, cols].numpy(), (rows.numpy(), cols.numpy())),
-                        shape=(len(values), n_cols),
-                    )
+            lacking_all = self._lacking_input(inf, use_modalities)
+            n_lacking += int(lacking_all.sum())
+            n = len(seen)
+            # a wide output is decoded a few rows at a time: its temporaries (logits,
+            # quadrature terms) stay small whatever the minibatch size
+            step = max(1, DECODE_CHUNK_VALUES // width)
+            for lo in range(0, n, step):
+                rows_ = slice(lo, min(n, lo + step))
+                gen = self.module.generative(
+                    **_row_slice(gen_in, rows_),
+                    transform_batch=code,
+                    observed_library=observed_library,
+                    modalities=(target,),
+                    columns=None if decode_cols is None else {target: decode_cols},
                 )
-            start += len(values)
+                unseen = ~seen[rows_] if observed_library else torch.ones_like(seen[rows_])
+                values = head.predictive_mean(gen[target], unobserved_depth=unseen)
+                if columns is not None and decode_cols is None:
+                    values = values[:, torch.as_tensor(columns, device=values.device)]
+                lacking = lacking_all[rows_].cpu().unsqueeze(-1)
+                values = values.float().cpu()
+                if threshold is None:
+                    if lacking.any():
+                        values = values.masked_fill(lacking, float("nan"))
+                    out[start : start + len(values)] = values.numpy()
+                else:
+                    keep = (values >= threshold) & ~lacking
+                    r, c = keep.nonzero(as_tuple=True)
+                    blocks.append(
+                        sparse.csr_matrix(
+                            (values[r, c].numpy(), (r.numpy(), c.numpy())),
+                            shape=(len(values), n_cols),
+                        )
+                    )
+                start += len(values)
         if use_modalities is not None:
             self._warn_lacking(n_lacking, n_cells, use_modalities, what, stacklevel=4)
         if threshold is None:
