@@ -83,8 +83,8 @@ DEFAULT_BATCH_SIZE = 1024
 PROGRESS_MIN_BATCHES = 20
 #: ... or when it decodes more values than this in several minibatches
 PROGRESS_MIN_VALUES = 50_000_000
-#: values (cells x features) decoded at once by the getters (16 MiB of float32 per temporary)
-DECODE_CHUNK_VALUES = 2**22
+#: values (cells x features) decoded at once by the getters (4 MiB of float32 per temporary)
+DECODE_CHUNK_VALUES = 2**20
 
 
 def _row_slice(inputs: dict, rows: slice) -> dict:
@@ -640,25 +640,41 @@ class BaseScgenvaeModel(
                     columns=None if decode_cols is None else {target: decode_cols},
                 )
                 unseen = ~seen[rows_] if observed_library else torch.ones_like(seen[rows_])
+                lacking = lacking_all[rows_].cpu()
+                n_rows = len(lacking)
+                if threshold is not None and (columns is None or decode_cols is not None):
+                    # only the entries above the threshold (the head may skip the others)
+                    r, c, v = head.predictive_mean_at_least(
+                        gen[target], threshold, unobserved_depth=unseen
+                    )
+                    r, c, v = r.cpu(), c.cpu(), v.float().cpu()
+                    ok = ~lacking[r]
+                    blocks.append(
+                        sparse.csr_matrix(
+                            (v[ok].numpy(), (r[ok].numpy(), c[ok].numpy())),
+                            shape=(n_rows, n_cols),
+                        )
+                    )
+                    start += n_rows
+                    continue
                 values = head.predictive_mean(gen[target], unobserved_depth=unseen)
                 if columns is not None and decode_cols is None:
                     values = values[:, torch.as_tensor(columns, device=values.device)]
-                lacking = lacking_all[rows_].cpu().unsqueeze(-1)
                 values = values.float().cpu()
                 if threshold is None:
                     if lacking.any():
-                        values = values.masked_fill(lacking, float("nan"))
-                    out[start : start + len(values)] = values.numpy()
+                        values = values.masked_fill(lacking.unsqueeze(-1), float("nan"))
+                    out[start : start + n_rows] = values.numpy()
                 else:
-                    keep = (values >= threshold) & ~lacking
+                    keep = (values >= threshold) & ~lacking.unsqueeze(-1)
                     r, c = keep.nonzero(as_tuple=True)
                     blocks.append(
                         sparse.csr_matrix(
                             (values[r, c].numpy(), (r.numpy(), c.numpy())),
-                            shape=(len(values), n_cols),
+                            shape=(n_rows, n_cols),
                         )
                     )
-                start += len(values)
+                start += n_rows
         if use_modalities is not None:
             self._warn_lacking(n_lacking, n_cells, use_modalities, what, stacklevel=4)
         if threshold is None:

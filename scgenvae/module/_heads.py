@@ -154,6 +154,31 @@ class LikelihoodHead:
         """Normalised mean of the decoded modality: each feature's share of the library."""
         return decoded[MODULE_KEYS.PX_KEY].scale
 
+    def predictive_mean_at_least(
+        self, decoded: dict, threshold: float, *, unobserved_depth: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The entries of :meth:`predictive_mean` that are ``>= threshold``: rows, columns, values.
+
+        Heads may skip entries they can bound below ``threshold`` without computing them; the
+        result is the same as thresholding the dense predictive mean.
+        """
+        values = self.predictive_mean(decoded, unobserved_depth=unobserved_depth)
+        rows, cols = (values >= threshold).nonzero(as_tuple=True)
+        return rows, cols, values[rows, cols]
+
+
+def _quadrature(base: torch.Tensor, sd: torch.Tensor, region_depth: torch.Tensor) -> torch.Tensor:
+    """``E[sigmoid(base + e * sd * region_depth)]``, ``e ~ N(0, 1)``, by Gauss-Hermite quadrature.
+
+    ``sd`` and ``region_depth`` broadcast against ``base`` (cells x peaks, or matching vectors
+    of entries).
+    """
+    probs = torch.zeros_like(base)
+    for node, weight in zip(_GH_NODES, _GH_WEIGHTS, strict=True):
+        shift = (float(node) * sd) * region_depth
+        probs += float(weight) * torch.sigmoid(base + shift)
+    return probs / float(_GH_WEIGHTS.sum())
+
 
 def _scale_and_mean(decoder: nn.Module, h: torch.Tensor, log_library: torch.Tensor):
     """Softmax shares of the library and the mean counts (shares times the library)."""
@@ -301,12 +326,30 @@ class BernoulliHead(LikelihoodHead):
             return px.probs
         sd = decoded[MODULE_KEYS.LIBRARY_KEY].scale.reshape(-1, 1)
         sd = sd * unobserved_depth.reshape(-1, 1)
+        return _quadrature(px.logits, sd, px.region_depth)
+
+    def predictive_mean_at_least(self, decoded, threshold, *, unobserved_depth=None):
+        """As the base class, computing the quadrature only where it can reach ``threshold``.
+
+        Each quadrature term is ``sigmoid(logit + node * sd * region_depth)``, so the average
+        is at most ``sigmoid(logit + max|node| * sd * |region_depth|)``: entries whose bound is
+        below ``threshold`` (most peaks, most cells) are dropped without being computed.
+        """
+        px = decoded[MODULE_KEYS.PX_KEY]
+        if unobserved_depth is None or not isinstance(px, FactorisedBernoulli):
+            return super().predictive_mean_at_least(
+                decoded, threshold, unobserved_depth=unobserved_depth
+            )
+        sd = decoded[MODULE_KEYS.LIBRARY_KEY].scale.reshape(-1, 1)
+        sd = sd * unobserved_depth.reshape(-1, 1)
         base = px.logits
-        probs = torch.zeros_like(base)
-        for node, weight in zip(_GH_NODES, _GH_WEIGHTS, strict=True):
-            shift = (float(node) * sd) * px.region_depth
-            probs += float(weight) * torch.sigmoid(base + shift)
-        return probs / float(_GH_WEIGHTS.sum())
+        reach = float(np.abs(_GH_NODES).max()) * sd * px.region_depth.abs()
+        # a margin in logit space: rounding can only add candidates, never lose one
+        cut = float(np.log(threshold / (1.0 - threshold))) - 1e-3 if threshold < 1 else 30.0
+        rows, cols = (base + reach >= cut).nonzero(as_tuple=True)
+        probs = _quadrature(base[rows, cols], sd[rows, 0], px.region_depth[cols])
+        keep = probs >= threshold
+        return rows[keep], cols[keep], probs[keep]
 
 
 __all__ = [
