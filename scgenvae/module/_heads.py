@@ -343,10 +343,11 @@ class BernoulliHead(LikelihoodHead):
         sd = decoded[MODULE_KEYS.LIBRARY_KEY].scale.reshape(-1, 1)
         sd = sd * unobserved_depth.reshape(-1, 1)
         base = px.logits
-        reach = float(np.abs(_GH_NODES).max()) * sd * px.region_depth.abs()
+        bound = torch.addcmul(base, float(np.abs(_GH_NODES).max()) * sd, px.region_depth.abs())
         # a margin in logit space: rounding can only add candidates, never lose one
         cut = float(np.log(threshold / (1.0 - threshold))) - 1e-3 if threshold < 1 else 30.0
-        rows, cols = (base + reach >= cut).nonzero(as_tuple=True)
+        rows, cols = (bound >= cut).nonzero(as_tuple=True)
+        del bound
         probs = _quadrature(base[rows, cols], sd[rows, 0], px.region_depth[cols])
         keep = probs >= threshold
         return rows[keep], cols[keep], probs[keep]
