@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> str:
         auroc, _ = metrics.auroc_auprc(observed, logits)
         rows.append((name, "" if r is None else f"{r:.3f}", auroc))
 
-    model_estimate = model.get_accessibility_estimates(m_test, modality="rna")
+    model_estimate = model.get_accessibility_estimates(m_test, modality="rna", return_numpy=True)
     score("MultiVAE, accessibility from RNA (the benchmark's figure)", model_estimate)
     freq = np.asarray((m_train.mod["atac"].X > 0).mean(0)).ravel()
     score("peak frequency in the training cells", np.broadcast_to(freq, observed.shape))

@@ -31,8 +31,8 @@ def evaluate(model, mdata_test, mdata_all, time_key: str = "Time") -> dict:
     """FOSCTTM, cross-modal imputation scores on held-out cells, and time k-NN accuracy."""
     z_rna = model.get_latent_representation(mdata_test, modality="rna")
     z_atac = model.get_latent_representation(mdata_test, modality="atac")
-    acc = model.get_accessibility_estimates(mdata_test, modality="rna")
-    expr = model.get_normalized_expression(mdata_test, modality="atac")
+    acc = model.get_accessibility_estimates(mdata_test, modality="rna", return_numpy=True)
+    expr = model.get_normalized_expression(mdata_test, modality="atac", return_numpy=True)
     auroc, auprc = metrics.auroc_auprc(mdata_test.mod["atac"].X, acc)
     peak_auroc = metrics.mean_feature_auroc(mdata_test.mod["atac"].X, acc)
     z_all = model.get_latent_representation(mdata_all)

@@ -164,15 +164,19 @@ def _multiome(name: str, mdata, seeds: list[int], epochs: list[int | None], time
 def _multiome_scores(model, m_test) -> dict:
     from scgenvae import metrics
 
-    z_rna = model.get_latent_representation(m_test, modality="rna")
-    z_atac = model.get_latent_representation(m_test, modality="atac")
-    acc = model.get_accessibility_estimates(m_test, modality="rna")
-    expr = model.get_normalized_expression(m_test, modality="atac")
+    # cells without ATAC counts (PBMC has some) have no ATAC latent nor expression from ATAC
+    has_atac = np.asarray(m_test.mod["atac"].X.sum(1)).ravel() > 0
+    z_rna = model.get_latent_representation(m_test, modality="rna", indices=has_atac)
+    z_atac = model.get_latent_representation(m_test, modality="atac", indices=has_atac)
+    acc = model.get_accessibility_estimates(m_test, modality="rna", return_numpy=True)
+    expr = model.get_normalized_expression(
+        m_test, modality="atac", indices=has_atac, return_numpy=True
+    )
     return {
         "foscttm": metrics.foscttm(z_rna, z_atac),
         "auroc_atac_from_rna": metrics.auroc_auprc(m_test.mod["atac"].X, acc)[0],
         "peak_auroc_atac_from_rna": metrics.mean_feature_auroc(m_test.mod["atac"].X, acc),
-        "spearman_rna_from_atac": metrics.mean_gene_spearman(m_test.mod["rna"].X, expr),
+        "spearman_rna_from_atac": metrics.mean_gene_spearman(m_test.mod["rna"].X[has_atac], expr),
     }
 
 

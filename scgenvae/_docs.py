@@ -136,6 +136,13 @@ getter = {
     "indices": indices,
     "batch_size": batch_size,
     "transform_batch": transform_batch,
+    "gene_list": """\
+gene_list
+    Names of the genes to return, in this order (``None``: all). The full rows are computed
+    (each gene's share needs every gene) and then subset.""",
+    "return_numpy": """\
+return_numpy
+    Return the array (as scvi-tools' argument of that name) instead of a DataFrame.""",
 }
 
 #: the parameters of differential expression and accessibility, for ``@doc_params(**de)``

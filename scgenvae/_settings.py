@@ -16,7 +16,12 @@ class ScgenvaeConfig:
     seed
         Seed used by training when ``train(seed=None)``; ``None`` leaves torch's state alone.
     progress_bar_style
-        ``"tqdm"`` or ``"rich"``; forwarded to scvi-tools' settings for the training progress bar.
+        ``"tqdm"`` or ``"rich"``; forwarded to scvi-tools' settings for the training progress bar,
+        and the style of the getters' progress bars.
+    progress_bar
+        Show a progress bar over the minibatches of long getter loops (many minibatches, or
+        wide outputs such as accessibility of every peak). Training has its own switch,
+        ``train(enable_progress_bar=...)``.
     verbosity
         Setting it attaches a stream handler to the ``scgenvae`` logger (opt-in, never at import).
     reuse_freed_memory
@@ -39,6 +44,7 @@ class ScgenvaeConfig:
         self._verbosity: int = logging.WARNING
         self._handler: logging.Handler | None = None
         self.progress_bar_style: Literal["tqdm", "rich"] = "tqdm"
+        self.progress_bar: bool = True
         self.reuse_freed_memory: bool = True
         self._num_threads: int | None = None
 

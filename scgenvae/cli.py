@@ -208,7 +208,14 @@ def _fit(args: argparse.Namespace) -> int:
         from scgenvae.model._health import format_report
 
         print(format_report(model.training_report, include_stop=False))
-    model.export_latent(data, key_added=args.key_added)
+    from scgenvae._settings import settings
+
+    shown = settings.progress_bar
+    settings.progress_bar = shown and not args.quiet  # --quiet: no bar while encoding either
+    try:
+        model.export_latent(data, key_added=args.key_added)
+    finally:
+        settings.progress_bar = shown
     out = Path(args.output)
     _write(data, out)
     print(f"wrote {out} (latent in obsm[{args.key_added!r}])")
@@ -259,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing --output file and the model in an existing --save-model folder",
     )
-    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(func=_fit)
     demo = sub.add_parser("demo", help="run the main job on the bundled data")
     demo.add_argument("--output", "-o", default="demo_output", help="output folder")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from anndata import AnnData
@@ -19,12 +21,25 @@ def _trained(mdata, quiet, *, epochs=5, **kwargs):
     return model
 
 
+def _without(mdata, mod: str) -> np.ndarray:
+    """Cells with no counts in modality ``mod`` (the fixture's cells are all paired)."""
+    return np.asarray(mdata.mod[mod].X.sum(1)).ravel() == 0
+
+
 def test_latents_of_each_modality(mdata, quiet):
     model = _trained(mdata, quiet)
+    lacking = {"joint": np.zeros(200, bool), "rna": _without(mdata, "rna")}
+    lacking["atac"] = _without(mdata, "atac")
+    assert lacking["atac"].sum() == 1  # one cell of the fixture has no ATAC counts
     for modality in ("joint", "rna", "atac"):
-        z = model.get_latent_representation(modality=modality)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            z = model.get_latent_representation(modality=modality)
         assert z.shape == (200, 4)
-        assert np.isfinite(z).all()
+        # a cell without the modality has no latent from it: NaN, with one warning
+        np.testing.assert_array_equal(np.isnan(z).all(1), lacking[modality])
+        assert np.isfinite(z[~lacking[modality]]).all()
+        assert len(caught) == int(lacking[modality].any())
     with pytest.raises(ValueError, match="modality='protein'"):
         model.get_latent_representation(modality="protein")
 
@@ -34,7 +49,7 @@ def test_setup_does_not_modify_mudata(mdata, quiet):
     obs_cols = list(mdata.obs.columns)
     rna_x = mdata.mod["rna"].X.copy()
     model = _trained(mdata, quiet)
-    model.get_accessibility_estimates(modality="rna")
+    model.get_accessibility_estimates(modality="rna", return_numpy=True)
     assert list(mdata.mod) == mods
     assert list(mdata.obs.columns) == obs_cols
     assert (rna_x != mdata.mod["rna"].X).nnz == 0
@@ -53,25 +68,28 @@ def test_export_latent_writes_mudata_and_modalities(mdata, quiet):
 
 def test_imputation_shapes_and_ranges(mdata, quiet):
     model = _trained(mdata, quiet)
-    acc = model.get_accessibility_estimates(modality="rna")
+    acc = model.get_accessibility_estimates(modality="rna", return_numpy=True)
     assert acc.shape == (200, 100)
     assert ((acc >= 0) & (acc <= 1)).all()
-    expr = model.get_normalized_expression(modality="atac")
-    np.testing.assert_allclose(expr.sum(1), 1.0, rtol=1e-4)
+    no_atac = _without(mdata, "atac")
+    with pytest.warns(UserWarning, match="1 of 200 cells have no 'atac' data"):
+        expr = model.get_normalized_expression(modality="atac", return_numpy=True)
+    np.testing.assert_allclose(expr[~no_atac].sum(1), 1.0, rtol=1e-4)
+    assert np.isnan(expr[no_atac]).all()
     with pytest.raises(ValueError, match=r"`modality='atac'` must be one of"):
-        model.get_accessibility_estimates(modality="atac")
+        model.get_accessibility_estimates(modality="atac", return_numpy=True)
     with pytest.warns(FutureWarning, match="`use_modality` is now `modality`"):
-        old = model.get_accessibility_estimates(use_modality="rna")
+        old = model.get_accessibility_estimates(use_modality="rna", return_numpy=True)
     np.testing.assert_array_equal(old, acc)
 
 
 def test_rna_only_imputation_ignores_the_cells_atac(mdata, quiet):
     """Accessibility predicted from RNA must not change when the cell's ATAC is removed."""
     model = _trained(mdata, quiet)
-    a = model.get_accessibility_estimates(modality="rna")
+    a = model.get_accessibility_estimates(modality="rna", return_numpy=True)
     blank = mdata.copy()
     blank.mod["atac"].X = sparse.csr_matrix(blank.mod["atac"].shape, dtype=np.float32)
-    b = model.get_accessibility_estimates(blank, modality="rna")
+    b = model.get_accessibility_estimates(blank, modality="rna", return_numpy=True)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -86,11 +104,12 @@ def test_cross_modal_quality_on_synthetic(mdata, quiet):
     0.899, and AUROC above the baseline's.
     """
     model = _trained(mdata, quiet, epochs=80)
-    z_rna = model.get_latent_representation(modality="rna")
-    z_atac = model.get_latent_representation(modality="atac")
+    has_atac = ~_without(mdata, "atac")  # one cell has no ATAC counts: no ATAC latent
+    z_rna = model.get_latent_representation(modality="rna", indices=has_atac)
+    z_atac = model.get_latent_representation(modality="atac", indices=has_atac)
     assert metrics.foscttm(z_rna, z_atac) < 0.143
     auroc, _ = metrics.auroc_auprc(
-        mdata.mod["atac"].X, model.get_accessibility_estimates(modality="rna")
+        mdata.mod["atac"].X, model.get_accessibility_estimates(modality="rna", return_numpy=True)
     )
     freq = np.asarray(mdata.mod["atac"].X.mean(0)).ravel()
     base, _ = metrics.auroc_auprc(mdata.mod["atac"].X, np.broadcast_to(freq, (200, 100)))
@@ -156,7 +175,7 @@ def test_save_load_and_new_cells(mdata, quiet, tmp_path):
     np.testing.assert_array_equal(
         loaded.get_latent_representation(), model.get_latent_representation()
     )
-    acc = loaded.get_accessibility_estimates(new, modality="rna")
+    acc = loaded.get_accessibility_estimates(new, modality="rna", return_numpy=True)
     assert acc.shape == (30, 100)
 
 

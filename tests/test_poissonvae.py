@@ -105,7 +105,8 @@ def test_save_load_round_trips_bit_identical(adata, quiet, tmp_path):
     loaded = PoissonVAE.load(tmp_path / "m", fresh)
     np.testing.assert_array_equal(loaded.get_latent_representation(fresh), z)
     np.testing.assert_array_equal(
-        loaded.get_normalized_expression(fresh), model.get_normalized_expression()
+        loaded.get_normalized_expression(fresh, return_numpy=True),
+        model.get_normalized_expression(return_numpy=True),
     )
 
 
@@ -123,14 +124,14 @@ def test_load_maps_batches_as_trained(adata, quiet, tmp_path):
 
 def test_transform_batch_decodes_under_other_batch(adata, quiet):
     model = _trained(adata, quiet, epochs=20)
-    a = model.get_normalized_expression(transform_batch="batch_0")
-    b = model.get_normalized_expression(transform_batch="batch_1")
+    a = model.get_normalized_expression(transform_batch="batch_0", return_numpy=True)
+    b = model.get_normalized_expression(transform_batch="batch_1", return_numpy=True)
     np.testing.assert_allclose(a.sum(1), 1.0, rtol=1e-4)
     assert not np.allclose(a, b)
-    counts = model.get_normalized_expression(library_size="latent")
+    counts = model.get_normalized_expression(library_size="latent", return_numpy=True)
     np.testing.assert_allclose(counts.sum(1), np.asarray(adata.X.sum(1)).ravel(), rtol=1e-4)
     with pytest.raises(ValueError, match="transform_batch='nope'"):
-        model.get_normalized_expression(transform_batch="nope")
+        model.get_normalized_expression(transform_batch="nope", return_numpy=True)
 
 
 def test_decode_latent_matches_dims(adata, quiet):

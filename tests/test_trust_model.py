@@ -201,8 +201,8 @@ def test_getters_take_masks_positions_and_names(model):
     _same(m.get_latent_representation(indices=[40, 3, 7, 3]), full[[40, 3, 7, 3]])
     _same(m.get_latent_representation(indices=["cell40", "cell3"]), full[[40, 3]])
     _same(
-        m.get_normalized_expression(indices=mask, library_size="latent"),
-        m.get_normalized_expression(library_size="latent")[[3, 7, 40]],
+        m.get_normalized_expression(indices=mask, library_size="latent", return_numpy=True),
+        m.get_normalized_expression(library_size="latent", return_numpy=True)[[3, 7, 40]],
     )
 
 

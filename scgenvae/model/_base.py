@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
     CategoricalJointObsField,
@@ -24,6 +25,7 @@ from scvi.data.fields import (
     NumericalJointObsField,
 )
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.utils import track
 
 from scgenvae import _docs
 from scgenvae._constants import (
@@ -75,6 +77,32 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
+
+#: minibatch size of the getters when ``batch_size=None``
+DEFAULT_BATCH_SIZE = 1024
+#: a getter's loop shows a progress bar past this many minibatches ...
+PROGRESS_MIN_BATCHES = 20
+#: ... or when it decodes more values than this in several minibatches
+PROGRESS_MIN_VALUES = 50_000_000
+#: values (cells x features) decoded at once by the getters (4 MiB of float32 per temporary).
+#: A549, 52,761 peaks, threshold 0.5: 19 rows at a time 5.1 s CPU and 100 MiB; 79 rows
+#: (2**22 values) 4.8 s and 233 MiB (benchmarks/results_outputs.md)
+DECODE_CHUNK_VALUES = 2**20
+
+
+def _row_slice(inputs: dict, rows: slice) -> dict:
+    """The generative inputs of some rows (tensors, dicts and lists of tensors, or None)."""
+
+    def cut(v):
+        if v is None:
+            return None
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [cut(x) for x in v]
+        return v[rows]
+
+    return {k: cut(v) for k, v in inputs.items()}
 
 
 def _obs_frame(obs: pd.DataFrame, columns: Sequence[str], n_obs: int) -> pd.DataFrame:
@@ -349,7 +377,11 @@ class BaseScgenvaeModel(
         manager = self.get_anndata_manager(internal, required=True)
         indices = np.arange(internal.n_obs) if indices is None else np.asarray(indices)
         arrays = registry_arrays(manager, self._sparse_keys, skip=set(streams))
-        kwargs = {"batch_size": batch_size or 1024, "shuffle": False, "keep_order": True}
+        kwargs = {
+            "batch_size": batch_size or DEFAULT_BATCH_SIZE,
+            "shuffle": False,
+            "keep_order": True,
+        }
         if streams:  # backed data: one block of rows in memory at a time
             kwargs["sources"] = streams
         return MinibatchIterable(arrays, indices, sparse_keys=self._sparse_keys, **kwargs)
@@ -361,16 +393,40 @@ class BaseScgenvaeModel(
         indices=None,
         batch_size: int | None = None,
         use_modalities: tuple[str, ...] | None = None,
+        n_outputs: int = 0,
+        prepared: tuple[AnnData, dict[str, RowSource]] | None = None,
     ) -> Iterator[tuple[dict, dict]]:
+        """Encode the cells minibatch by minibatch: ``(tensors, inference outputs)`` pairs.
+
+        A progress bar is shown (``scgenvae.settings.progress_bar``) when the loop is long:
+        more than :data:`PROGRESS_MIN_BATCHES` minibatches, or several minibatches of
+        ``n_outputs`` values per cell (the width of what the caller decodes) that add up to
+        more than :data:`PROGRESS_MIN_VALUES`.
+        """
         self._check_if_trained(warn=False)
-        prepared = self._internal(data)
+        prepared = self._internal(data) if prepared is None else prepared
         indices = self._cell_indices(indices, data)
+        n_cells = prepared[0].n_obs if indices is None else len(indices)
+        batch_size = batch_size or DEFAULT_BATCH_SIZE
+        n_batches = -(-n_cells // batch_size)
+        show = settings.progress_bar and (
+            n_batches > PROGRESS_MIN_BATCHES
+            or (n_batches > 1 and n_cells * n_outputs > PROGRESS_MIN_VALUES)
+        )
+        loader = self._loader(prepared, indices, batch_size)
+        if show:
+            loader = track(
+                loader,
+                description=f"{type(self).__name__}: cells",
+                style=settings.progress_bar_style,
+                total=n_batches,
+            )
         was_training = self.module.training
         self.module.eval()
         try:
             threads = tuner() if next(self.module.parameters()).device.type == "cpu" else None
             with torch.inference_mode(), quiet(), restore_threads():
-                for tensors in self._loader(prepared, indices, batch_size):
+                for tensors in loader:
                     if threads is not None:
                         threads.before_step()
                     inf_in = self.module._get_inference_input(tensors)
@@ -380,6 +436,43 @@ class BaseScgenvaeModel(
                         threads.after_step()
         finally:
             self.module.train(was_training)
+
+    def _lacking_input(self, inf: dict, use_modalities: tuple[str, ...] | None) -> torch.Tensor:
+        """Cells of a minibatch that have none of the modalities an output is computed from.
+
+        Only a restricted encoding (``use_modalities``) of a multi-modal model can lack its
+        input; its posterior for such cells is the prior, not an estimate.
+        """
+        observed = inf[MODULE_KEYS.OBSERVED_KEY]
+        first = next(iter(observed.values()))
+        if use_modalities is None or len(self.module.modalities) < 2:
+            return torch.zeros_like(first)
+        seen = torch.zeros_like(first)
+        for m in use_modalities:
+            seen = seen | observed[m]
+        return ~seen
+
+    @staticmethod
+    def _warn_lacking(
+        n_lacking: int,
+        n_cells: int,
+        use_modalities: tuple[str, ...],
+        what: str,
+        *,
+        stacklevel: int = 3,
+    ) -> None:
+        """One warning for the cells whose output is NaN for lack of input."""
+        if not n_lacking:
+            return
+        names = " or ".join(repr(m) for m in use_modalities)
+        warnings.warn(
+            f"{n_lacking:,} of {n_cells:,} cells have no {names} data (absent from the modality, "
+            f"or no counts): their {what} are NaN, as they are computed from {names} alone. "
+            "Use `modality='joint'` for an estimate from what each cell has, or pass "
+            "`indices` to leave them out.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
     def _cell_indices(self, indices, data=None) -> np.ndarray | None:
         """``indices`` as positions: a boolean mask, integer positions or obs names."""
@@ -417,17 +510,24 @@ class BaseScgenvaeModel(
         {batch_size}
         modality
             ``"joint"`` uses every observed modality; a modality name uses that encoder alone.
+            Cells without that modality (of a multi-modal model) get NaN rows, with a warning.
         """
-        out = []
+        use = self._modality_arg(modality)
+        out, n_lacking = [], 0
         for _, inf in self._iter_inference(
-            adata,
-            indices=indices,
-            batch_size=batch_size,
-            use_modalities=self._modality_arg(modality),
+            adata, indices=indices, batch_size=batch_size, use_modalities=use
         ):
             qz = inf[MODULE_KEYS.QZ_KEY]
-            out.append((qz.loc if give_mean else qz.sample()).cpu().numpy())
-        return np.concatenate(out)
+            z = qz.loc if give_mean else qz.sample()
+            lacking = self._lacking_input(inf, use)
+            if lacking.any():
+                z = z.masked_fill(lacking.unsqueeze(-1), float("nan"))
+                n_lacking += int(lacking.sum())
+            out.append(z.cpu().numpy())
+        out = np.concatenate(out)
+        if use is not None:
+            self._warn_lacking(n_lacking, len(out), use, "latent representations")
+        return out
 
     def get_cluster_probabilities(
         self, adata=None, *, indices: Sequence[int] | None = None, batch_size: int | None = None
@@ -464,37 +564,151 @@ class BaseScgenvaeModel(
             raise ValueError(msg)
         return torch.tensor([[mapping.index(transform_batch)]])
 
+    def _feature_positions(
+        self, modality: str, names: Sequence[str] | None, arg: str
+    ) -> np.ndarray | None:
+        """Positions of the features ``names`` of ``modality`` (``None``: all), in that order."""
+        if names is None:
+            return None
+        if isinstance(names, str):
+            names = [names]
+        features = self._features[modality]
+        pos = features.get_indexer(pd.Index(list(names)))
+        if (pos < 0).any():
+            missing = [n for n, p in zip(names, pos, strict=True) if p < 0]
+            msg = (
+                f"{len(missing):,} names of `{arg}` are not {modality} features of the model, "
+                f"for instance {missing[:3]}; use names of `model.feature_names[{modality!r}]`."
+            )
+            raise ValueError(msg)
+        return pos
+
     def _decode(
         self,
         data=None,
         *,
+        target: str,
         indices=None,
         transform_batch: str | None = None,
         use_modalities: tuple[str, ...] | None = None,
         batch_size: int | None = None,
         observed_library: bool = False,
-    ) -> dict[str, np.ndarray]:
-        """Decoded means (normalised expression / accessibility) from the posterior mean."""
+        columns: np.ndarray | None = None,
+        threshold: float | None = None,
+        what: str = "estimates",
+    ) -> np.ndarray | sparse.csr_matrix:
+        """Decoded means of modality ``target`` from the posterior mean (cells x features).
+
+        Only ``target``'s decoder runs, and only the ``columns`` asked where its head computes
+        features independently (Bernoulli); otherwise the full rows (softmax shares need all
+        features) are computed and subset per minibatch. With ``threshold``, values below it
+        are dropped minibatch by minibatch and a CSR matrix is returned (the dense matrix never
+        exists). Cells lacking every modality in ``use_modalities`` get NaN rows (empty rows
+        with ``threshold``) and one warning.
+        """
         code = self._batch_code(transform_batch)
-        out: dict[str, list] = {m: [] for m in self.module.modalities}
+        head = self.module.modalities[target].head
+        n_cols = self.module.modalities[target].n_input if columns is None else len(columns)
+        decode_cols = None
+        if columns is not None and head.column_subset:
+            decode_cols = torch.as_tensor(columns, dtype=torch.long)
+        width = self.module.modalities[target].n_input if decode_cols is None else n_cols
+        prepared = self._internal(data)
+        positions = self._cell_indices(indices, data)
+        n_cells = prepared[0].n_obs if positions is None else len(positions)
+        out = None if threshold is not None else np.empty((n_cells, n_cols), dtype=np.float32)
+        blocks: list[sparse.csr_matrix] = []
+        start, n_lacking = 0, 0
         for tensors, inf in self._iter_inference(
-            data, indices=indices, batch_size=batch_size, use_modalities=use_modalities
+            data,
+            indices=indices,
+            batch_size=batch_size,
+            use_modalities=use_modalities,
+            n_outputs=n_cols,
+            prepared=prepared,
         ):
             gen_in = self.module._get_generative_input(tensors, inf)
             gen_in[MODULE_KEYS.Z_KEY] = inf[MODULE_KEYS.QZ_KEY].loc
-            gen = self.module.generative(
-                **gen_in, transform_batch=code, observed_library=observed_library
-            )
-            for m in out:
-                seen = inf[MODULE_KEYS.OBSERVED_KEY][m]
-                unseen = ~seen if observed_library else torch.ones_like(seen)
-                out[m].append(
-                    self.module.modalities[m]
-                    .head.predictive_mean(gen[m], unobserved_depth=unseen)
-                    .cpu()
-                    .numpy()
+            if decode_cols is not None:
+                decode_cols = decode_cols.to(gen_in[MODULE_KEYS.Z_KEY].device)
+            seen = inf[MODULE_KEYS.OBSERVED_KEY][target]
+            lacking_all = self._lacking_input(inf, use_modalities)
+            n_lacking += int(lacking_all.sum())
+            n = len(seen)
+            # a wide output is decoded a few rows at a time: its temporaries (logits,
+            # quadrature terms) stay small whatever the minibatch size
+            step = max(1, DECODE_CHUNK_VALUES // width)
+            for lo in range(0, n, step):
+                rows_ = slice(lo, min(n, lo + step))
+                gen = self.module.generative(
+                    **_row_slice(gen_in, rows_),
+                    transform_batch=code,
+                    observed_library=observed_library,
+                    modalities=(target,),
+                    columns=None if decode_cols is None else {target: decode_cols},
                 )
-        return {m: np.concatenate(v) for m, v in out.items()}
+                unseen = ~seen[rows_] if observed_library else torch.ones_like(seen[rows_])
+                lacking = lacking_all[rows_].cpu()
+                n_rows = len(lacking)
+                if threshold is not None and (columns is None or decode_cols is not None):
+                    # only the entries above the threshold (the head may skip the others)
+                    r, c, v = head.predictive_mean_at_least(
+                        gen[target], threshold, unobserved_depth=unseen
+                    )
+                    r, c, v = r.cpu(), c.cpu(), v.float().cpu()
+                    ok = ~lacking[r]
+                    blocks.append(
+                        sparse.csr_matrix(
+                            (v[ok].numpy(), (r[ok].numpy(), c[ok].numpy())),
+                            shape=(n_rows, n_cols),
+                        )
+                    )
+                    start += n_rows
+                    continue
+                values = head.predictive_mean(gen[target], unobserved_depth=unseen)
+                if columns is not None and decode_cols is None:
+                    values = values[:, torch.as_tensor(columns, device=values.device)]
+                values = values.float().cpu()
+                if threshold is None:
+                    if lacking.any():
+                        values = values.masked_fill(lacking.unsqueeze(-1), float("nan"))
+                    out[start : start + n_rows] = values.numpy()
+                else:
+                    keep = (values >= threshold) & ~lacking.unsqueeze(-1)
+                    r, c = keep.nonzero(as_tuple=True)
+                    blocks.append(
+                        sparse.csr_matrix(
+                            (values[r, c].numpy(), (r.numpy(), c.numpy())),
+                            shape=(n_rows, n_cols),
+                        )
+                    )
+                start += n_rows
+        if use_modalities is not None:
+            self._warn_lacking(n_lacking, n_cells, use_modalities, what, stacklevel=4)
+        if threshold is None:
+            return out
+        if not blocks:
+            return sparse.csr_matrix((0, n_cols), dtype=np.float32)
+        return sparse.vstack(blocks, format="csr", dtype=np.float32)
+
+    def _named(
+        self,
+        values: np.ndarray | sparse.csr_matrix,
+        *,
+        data,
+        indices,
+        modality: str,
+        columns: np.ndarray | None,
+    ) -> pd.DataFrame:
+        """``values`` as a DataFrame indexed by the cells' obs names, with feature columns."""
+        names = self._obs_names if data is None else pd.Index(data.obs_names)
+        positions = self._cell_indices(indices, data)
+        index = names if positions is None else names[positions]
+        features = self._features[modality]
+        cols = features if columns is None else features[columns]
+        if sparse.issparse(values):
+            return pd.DataFrame.sparse.from_spmatrix(values, index=index, columns=cols)
+        return pd.DataFrame(values, index=index, columns=cols, copy=False)
 
     @torch.inference_mode()
     def decode_latent(

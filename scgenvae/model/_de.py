@@ -418,7 +418,9 @@ class DEMixin:
         head = self.module.modalities[target].head
         total = None
         for code in codes:
-            gen = self.module.generative(**gen_in, transform_batch=code, observed_library=True)
+            gen = self.module.generative(
+                **gen_in, transform_batch=code, observed_library=True, modalities=(target,)
+            )
             rho = head.predictive_mean(gen[target]).reshape(z.shape[0], z.shape[1], -1)
             total = rho if total is None else total + rho
         return (total / len(codes)).float()

@@ -617,13 +617,16 @@ class MultiVAE(MultiVAECriticismMixin, BaseScgenvaeModel):
         modality: Literal["joint", "atac"] = "joint",
         indices: Sequence[int] | None = None,
         transform_batch: str | None = None,
+        gene_list: Sequence[str] | None = None,
         batch_size: int | None = None,
+        return_numpy: bool = False,
         use_modality: str | None = None,
-    ) -> np.ndarray:
-        """Normalised expression (cells x genes, rows sum to 1).
+    ) -> pd.DataFrame | np.ndarray:
+        """Normalised expression (cells x genes, rows sum to 1 over all genes).
 
         ``modality="atac"`` encodes each cell from its ATAC alone: expression imputed from
-        chromatin accessibility.
+        chromatin accessibility. Cells without ATAC then get NaN rows (and a warning): there
+        is nothing to impute from. Only the RNA decoder runs.
 
         Parameters
         ----------
@@ -632,18 +635,32 @@ class MultiVAE(MultiVAECriticismMixin, BaseScgenvaeModel):
             Encoder(s) used: ``"joint"`` or ``"atac"`` (the name of every getter's argument).
         {indices}
         {transform_batch}
+        {gene_list}
         {batch_size}
+        {return_numpy}
         use_modality
             Former name of ``modality`` (deprecated).
+
+        Returns
+        -------
+        A DataFrame indexed by the cells' obs names (those of ``indices``), with a column per
+        gene; with ``return_numpy=True`` the array alone.
         """
         use = self._use(modality, ("joint", "atac"), use_modality)
-        return self._decode(
+        columns = self._feature_positions("rna", gene_list, "gene_list")
+        values = self._decode(
             mdata,
+            target="rna",
             indices=indices,
             transform_batch=transform_batch,
             use_modalities=use,
             batch_size=batch_size,
-        )["rna"]
+            columns=columns,
+            what="expression values",
+        )
+        if return_numpy:
+            return values
+        return self._named(values, data=mdata, indices=indices, modality="rna", columns=columns)
 
     @doc_params(**_docs.getter)
     def get_accessibility_estimates(
@@ -653,14 +670,23 @@ class MultiVAE(MultiVAECriticismMixin, BaseScgenvaeModel):
         modality: Literal["joint", "rna"] = "joint",
         indices: Sequence[int] | None = None,
         transform_batch: str | None = None,
+        region_list: Sequence[str] | None = None,
+        threshold: float | None = None,
         batch_size: int | None = None,
+        return_numpy: bool = False,
         use_modality: str | None = None,
-    ) -> np.ndarray:
+    ) -> pd.DataFrame | np.ndarray | sparse.csr_matrix:
         """Probability that each peak is accessible (cells x peaks).
 
         With ``modality="rna"`` each cell is encoded from its RNA alone and its ATAC depth
         is predicted from the latent: accessibility imputed from expression (nothing of the
-        cell's ATAC is used). With ``"joint"`` the observed depth is used where there is one.
+        cell's ATAC is used). Cells without RNA then get NaN rows (empty rows with
+        ``threshold``) and a warning. With ``"joint"`` the observed depth is used where there
+        is one. Only the ATAC decoder runs, and with ``region_list`` and the Bernoulli
+        likelihood only the regions asked are computed.
+
+        With ``atac_likelihood="poisson"`` the values are each peak's share of the cell's
+        fragments (rows sum to 1 over all peaks), not probabilities.
 
         Parameters
         ----------
@@ -669,19 +695,52 @@ class MultiVAE(MultiVAECriticismMixin, BaseScgenvaeModel):
             Encoder(s) used: ``"joint"`` or ``"rna"`` (the name of every getter's argument).
         {indices}
         {transform_batch}
+        region_list
+            Names of the peaks to return, in this order (``None``: all).
+        threshold
+            Keep only values ``>= threshold`` (in ``(0, 1]``) and return them sparse: a
+            DataFrame with sparse columns (``pd.DataFrame.sparse``, as scvi-tools' MULTIVI
+            returns), or a :class:`scipy.sparse.csr_matrix` with ``return_numpy=True``. The
+            dense matrix is never built (one minibatch at a time), which is what makes
+            imputation on many cells x many peaks fit in memory.
         {batch_size}
+        {return_numpy}
         use_modality
             Former name of ``modality`` (deprecated).
+
+        Returns
+        -------
+        A DataFrame indexed by the cells' obs names (those of ``indices``), with a column per
+        peak (sparse columns with ``threshold``); with ``return_numpy=True`` the array (CSR
+        matrix with ``threshold``).
         """
         use = self._use(modality, ("joint", "rna"), use_modality)
-        return self._decode(
+        if threshold is not None and (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float | np.number)
+            or not 0 < threshold <= 1
+        ):
+            msg = (
+                "`threshold` must be a number in (0, 1] (values below it are dropped) or None "
+                f"(dense output), got {threshold!r}."
+            )
+            raise ValueError(msg)
+        columns = self._feature_positions("atac", region_list, "region_list")
+        values = self._decode(
             mdata,
+            target="atac",
             indices=indices,
             transform_batch=transform_batch,
             use_modalities=use,
             batch_size=batch_size,
             observed_library=use is None,
-        )["atac"]
+            columns=columns,
+            threshold=threshold,
+            what="accessibility estimates",
+        )
+        if return_numpy:
+            return values
+        return self._named(values, data=mdata, indices=indices, modality="atac", columns=columns)
 
     @doc_params(**_docs.de)
     def differential_accessibility(

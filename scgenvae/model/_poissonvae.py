@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
@@ -31,8 +32,6 @@ from ._validate import (
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -260,9 +259,11 @@ class PoissonVAE(CriticismMixin, BaseScgenvaeModel):
         *,
         indices: Sequence[int] | None = None,
         transform_batch: str | None = None,
+        gene_list: Sequence[str] | None = None,
         library_size: float | Literal["latent"] = 1.0,
         batch_size: int | None = None,
-    ) -> np.ndarray:
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
         """Decoded expression of each cell from its posterior mean (cells x genes).
 
         Parameters
@@ -270,17 +271,34 @@ class PoissonVAE(CriticismMixin, BaseScgenvaeModel):
         {adata}
         {indices}
         {transform_batch}
+        {gene_list}
         library_size
-            Scale of each row: a number (rows sum to it), or ``"latent"`` for the observed
-            library size of each cell (expected counts).
+            Scale of each row: a number (rows sum to it over all genes), or ``"latent"`` for
+            the observed library size of each cell (expected counts).
         {batch_size}
+        {return_numpy}
+
+        Returns
+        -------
+        A DataFrame indexed by the cells' obs names (those of ``indices``), with a column per
+        gene; with ``return_numpy=True`` the array alone.
         """
-        scale = self._decode(
-            adata, indices=indices, transform_batch=transform_batch, batch_size=batch_size
-        )["rna"]
+        columns = self._feature_positions("rna", gene_list, "gene_list")
+        values = self._decode(
+            adata,
+            target="rna",
+            indices=indices,
+            transform_batch=transform_batch,
+            batch_size=batch_size,
+            columns=columns,
+        )
         if library_size == "latent":
             totals = self._row_totals(self._internal(adata), REGISTRY_KEYS.X_KEY)
             if indices is not None:
                 totals = totals[self._cell_indices(indices, adata)]
-            return scale * totals.reshape(-1, 1)
-        return scale * float(library_size)
+            values *= totals.reshape(-1, 1).astype(values.dtype)
+        else:
+            values *= np.float32(library_size)
+        if return_numpy:
+            return values
+        return self._named(values, data=adata, indices=indices, modality="rna", columns=columns)

@@ -70,6 +70,9 @@ class LikelihoodHead:
     name: ClassVar[str] = ""
     #: the likelihood scores ``x > 0``: the data are binarised (:meth:`prepare`)
     binarize: ClassVar[bool] = False
+    #: :meth:`distribution` accepts ``columns`` (a subset of features, computed alone): true
+    #: where each feature's output does not depend on the others (not for softmax shares)
+    column_subset: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -119,8 +122,14 @@ class LikelihoodHead:
         h: torch.Tensor,
         log_library: torch.Tensor,
         log_library_centre: float,
+        *,
+        columns: torch.Tensor | None = None,
     ) -> Distribution:
-        """``p(x | h, library)`` of a minibatch (``h``: cells x n_hidden)."""
+        """``p(x | h, library)`` of a minibatch (``h``: cells x n_hidden).
+
+        ``columns`` (feature positions; heads with :attr:`column_subset` only) builds the
+        distribution of those features alone.
+        """
         raise NotImplementedError
 
     def log_likelihood(
@@ -144,6 +153,31 @@ class LikelihoodHead:
     ) -> torch.Tensor:
         """Normalised mean of the decoded modality: each feature's share of the library."""
         return decoded[MODULE_KEYS.PX_KEY].scale
+
+    def predictive_mean_at_least(
+        self, decoded: dict, threshold: float, *, unobserved_depth: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The entries of :meth:`predictive_mean` that are ``>= threshold``: rows, columns, values.
+
+        Heads may skip entries they can bound below ``threshold`` without computing them; the
+        result is the same as thresholding the dense predictive mean.
+        """
+        values = self.predictive_mean(decoded, unobserved_depth=unobserved_depth)
+        rows, cols = (values >= threshold).nonzero(as_tuple=True)
+        return rows, cols, values[rows, cols]
+
+
+def _quadrature(base: torch.Tensor, sd: torch.Tensor, region_depth: torch.Tensor) -> torch.Tensor:
+    """``E[sigmoid(base + e * sd * region_depth)]``, ``e ~ N(0, 1)``, by Gauss-Hermite quadrature.
+
+    ``sd`` and ``region_depth`` broadcast against ``base`` (cells x peaks, or matching vectors
+    of entries).
+    """
+    probs = torch.zeros_like(base)
+    for node, weight in zip(_GH_NODES, _GH_WEIGHTS, strict=True):
+        shift = (float(node) * sd) * region_depth
+        probs += float(weight) * torch.sigmoid(base + shift)
+    return probs / float(_GH_WEIGHTS.sum())
 
 
 def _scale_and_mean(decoder: nn.Module, h: torch.Tensor, log_library: torch.Tensor):
@@ -216,6 +250,7 @@ class BernoulliHead(LikelihoodHead):
 
     name = "bernoulli"
     binarize = True
+    column_subset = True
 
     # data ---------------------------------------------------------------------------
     def prepare(self, matrix):
@@ -258,13 +293,14 @@ class BernoulliHead(LikelihoodHead):
         # an unobserved modality has no depth: use p(log library | z) instead
         return torch.where(library > 0, library, torch.nan)
 
-    def distribution(self, decoder, h, log_library, log_library_centre):
+    def distribution(self, decoder, h, log_library, log_library_centre, *, columns=None):
+        weight, bias = decoder.head.weight, decoder.head.bias + decoder.region_bias
+        region_depth = decoder.region_depth
+        if columns is not None:  # each peak's logit is its own: compute the asked ones only
+            weight, bias = weight.index_select(0, columns), bias.index_select(0, columns)
+            region_depth = region_depth.index_select(0, columns)
         return FactorisedBernoulli(
-            h,
-            decoder.head.weight,
-            decoder.head.bias + decoder.region_bias,
-            (log_library - log_library_centre).unsqueeze(-1),
-            decoder.region_depth,
+            h, weight, bias, (log_library - log_library_centre).unsqueeze(-1), region_depth
         )
 
     def log_likelihood(self, decoded, x, *, library, n_sampled=None):
@@ -290,12 +326,31 @@ class BernoulliHead(LikelihoodHead):
             return px.probs
         sd = decoded[MODULE_KEYS.LIBRARY_KEY].scale.reshape(-1, 1)
         sd = sd * unobserved_depth.reshape(-1, 1)
+        return _quadrature(px.logits, sd, px.region_depth)
+
+    def predictive_mean_at_least(self, decoded, threshold, *, unobserved_depth=None):
+        """As the base class, computing the quadrature only where it can reach ``threshold``.
+
+        Each quadrature term is ``sigmoid(logit + node * sd * region_depth)``, so the average
+        is at most ``sigmoid(logit + max|node| * sd * |region_depth|)``: entries whose bound is
+        below ``threshold`` (most peaks, most cells) are dropped without being computed.
+        """
+        px = decoded[MODULE_KEYS.PX_KEY]
+        if unobserved_depth is None or not isinstance(px, FactorisedBernoulli):
+            return super().predictive_mean_at_least(
+                decoded, threshold, unobserved_depth=unobserved_depth
+            )
+        sd = decoded[MODULE_KEYS.LIBRARY_KEY].scale.reshape(-1, 1)
+        sd = sd * unobserved_depth.reshape(-1, 1)
         base = px.logits
-        probs = torch.zeros_like(base)
-        for node, weight in zip(_GH_NODES, _GH_WEIGHTS, strict=True):
-            shift = (float(node) * sd) * px.region_depth
-            probs += float(weight) * torch.sigmoid(base + shift)
-        return probs / float(_GH_WEIGHTS.sum())
+        bound = torch.addcmul(base, float(np.abs(_GH_NODES).max()) * sd, px.region_depth.abs())
+        # a margin in logit space: rounding can only add candidates, never lose one
+        cut = float(np.log(threshold / (1.0 - threshold))) - 1e-3 if threshold < 1 else 30.0
+        rows, cols = (bound >= cut).nonzero(as_tuple=True)
+        del bound
+        probs = _quadrature(base[rows, cols], sd[rows, 0], px.region_depth[cols])
+        keep = probs >= threshold
+        return rows[keep], cols[keep], probs[keep]
 
 
 __all__ = [

@@ -93,11 +93,14 @@ class _Decoder(nn.Module):
         log_library_centre: float,
         cat_list: list[torch.Tensor],
         cont: torch.Tensor | None,
+        columns: torch.Tensor | None = None,
     ) -> dict[str, torch.distributions.Distribution | torch.Tensor]:
         """Return the distribution of the modality and of its log library size.
 
         ``library`` is the observed library size (``None`` when unobserved: the prediction
-        of ``p(log library | z)`` is used in its place).
+        of ``p(log library | z)`` is used in its place). ``columns`` (feature positions) builds
+        the distribution of those features only; only heads with
+        :attr:`~scgenvae.module.LikelihoodHead.column_subset` accept it.
         """
         h = self.trunk(z, cat_list, cont)
         pl = Normal(
@@ -111,7 +114,12 @@ class _Decoder(nn.Module):
             log_lib = torch.where(
                 torch.isnan(library), pl.loc, torch.log(library.nan_to_num(1.0).clamp(min=1.0))
             )
-        px = self.likelihood.distribution(self, h, log_lib, log_library_centre)
+        if columns is None:
+            px = self.likelihood.distribution(self, h, log_lib, log_library_centre)
+        else:
+            px = self.likelihood.distribution(
+                self, h, log_lib, log_library_centre, columns=columns
+            )
         return {
             MODULE_KEYS.PX_KEY: px,
             MODULE_KEYS.LIBRARY_KEY: pl,
@@ -431,11 +439,16 @@ class MultiModalVAEModule(BaseModuleClass):
         *,
         transform_batch: torch.Tensor | None = None,
         observed_library: bool = True,
+        modalities: tuple[str, ...] | None = None,
+        columns: Mapping[str, torch.Tensor] | None = None,
     ) -> dict:
         """Decode ``z`` into one distribution per modality.
 
         ``transform_batch`` decodes under another batch (a batch code per cell or one code);
         ``observed_library=False`` uses the predicted library sizes instead of the observed ones.
+        ``modalities`` runs only those decoders (``None``: all, as training does), and
+        ``columns`` (modality -> feature positions) restricts a decoder's output to those
+        features where its head allows it (:attr:`LikelihoodHead.column_subset`).
         """
         zz = z.reshape(-1, z.shape[-1])
         cat_list = self._cat_list(cat_covs, z.shape[-2], z.device)
@@ -445,12 +458,24 @@ class MultiModalVAEModule(BaseModuleClass):
         if reps > 1:
             cat_list = [c.repeat(reps, 1) for c in cat_list]
             cont_covs = cont_covs.repeat(reps, 1) if cont_covs is not None else None
+        if modalities is not None:
+            unknown = [m for m in modalities if m not in self.decoders]
+            if unknown or not modalities:
+                msg = f"`modalities` must name some of {list(self.decoders)}, got {modalities}."
+                raise ValueError(msg)
+        columns = columns or {}
         out = {}
         for m, decoder in self.decoders.items():
+            if modalities is not None and m not in modalities:
+                continue
             lib = None
             if observed_library and library is not None:
                 lib = decoder.likelihood.library_for_decoding(library[m].repeat(reps))
-            out[m] = decoder(zz, lib, self.library_log_means[m], cat_list, cont_covs)
+            cols = columns.get(m)
+            if cols is not None and not decoder.likelihood.column_subset:
+                msg = f"the {decoder.likelihood.name!r} likelihood cannot decode a subset of features."
+                raise ValueError(msg)
+            out[m] = decoder(zz, lib, self.library_log_means[m], cat_list, cont_covs, columns=cols)
         out[MODULE_KEYS.PZ_KEY] = self.prior
         return out
 
