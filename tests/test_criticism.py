@@ -193,7 +193,7 @@ def test_posterior_predictive_sample_sparse_shape_and_mean(rna_model):
     # Poisson at the observed library: each cell's expected total is its library size
     totals = np.asarray(adata.X.sum(1)).ravel()
     np.testing.assert_allclose(draws.sum(2).mean(0), totals, rtol=0.02)
-    expected = model.get_normalized_expression(library_size="latent")
+    expected = model.get_normalized_expression(library_size="latent", return_numpy=True)
     mean = draws.mean(0)
     # the predictive mean averages the rates over q(z | x); the posterior-mean decoding is close
     assert np.corrcoef(mean.ravel(), expected.ravel())[0, 1] > 0.99
