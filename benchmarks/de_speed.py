@@ -115,8 +115,7 @@ def main() -> None:
                 de = call()
                 times.append(time.perf_counter() - t)
             rows.append(
-                f"| {name} | {threads} | {' / '.join(f'{s:.1f}' for s in times)} | "
-                f"{len(de):,} |"
+                f"| {name} | {threads} | {' / '.join(f'{s:.1f}' for s in times)} | {len(de):,} |"
             )
             print(rows[-1], flush=True)
     header = [

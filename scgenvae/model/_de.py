@@ -4,7 +4,10 @@ What is compared is the *group mean* of the decoder's normalised mean (expressio
 accessibility probabilities at the training data's mean depth) in two groups of cells. Its
 posterior is sampled ``n_samples`` times; each draw
 
-1. samples one latent point ``z ~ q(z | x)`` for every cell of the two groups,
+1. samples one latent point ``z ~ q(z | x)`` for every cell of the two groups (each cell is
+   decoded at ``_LATENT_DRAWS`` latent samples, and draw ``s`` uses sample
+   ``s % _LATENT_DRAWS``: each draw is distributed as with fresh samples, at a tenth of the
+   decoding time),
 2. decodes it (under every training batch in turn and averages, with ``batch_correction``),
 3. averages the cells of each group with Bayesian-bootstrap weights (``Dirichlet(1, ..., 1)``
    over the cells of the group), so that the draws carry the uncertainty of having observed
