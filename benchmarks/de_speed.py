@@ -111,23 +111,26 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, call in calls.items():
-            times = []
+            times, cpu = [], []
             for _ in range(args.repeats):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 de = call()
                 times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+            load = os.getloadavg()[0]
             rows.append(
-                f"| {name} | {threads} | {' / '.join(f'{s:.1f}' for s in times)} | {len(de):,} |"
+                f"| {name} | {threads} | {' / '.join(f'{s:.1f}' for s in times)} | "
+                f"{' / '.join(f'{s:.1f}' for s in cpu)} | {load:.1f} | {len(de):,} |"
             )
             print(rows[-1], flush=True)
     header = [
         f"`python benchmarks/de_speed.py --n-obs {args.n_obs} --n-vars {args.n_vars} "
         f"--epochs {args.epochs} --repeats {args.repeats}`; CPU: {cpu_model()} "
-        f"({os.cpu_count()} cores); load average at the end: "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
+        f"({os.cpu_count()} cores).",
         "",
-        "| method | torch threads | seconds per call (each repeat) | rows |",
-        "|---|---|---|---|",
+        "| method | torch threads | wall seconds per call | CPU seconds per call (all "
+        "threads) | 1-min load average after | rows |",
+        "|---|---|---|---|---|---|",
     ]
     note = [
         "",
