@@ -1,12 +1,12 @@
 """Before/after check of reusing latent samples across DE draws (``_de._LATENT_DRAWS``).
 
-Trains the calibration benchmark's NB model on ``synthetic_de(n_obs=600, n_vars=500, rng=0)``
-(100 epochs, seed 0) and runs ``differential_expression(groupby="group", group1="A",
+Trains the calibration benchmark's NB model on ``synthetic_de(n_obs=600, n_vars=500,
+rng=data_seed)`` (100 epochs, ``seed=data_seed``; ``data_seed`` is the first argument, 0) and runs ``differential_expression(groupby="group", group1="A",
 group2="B", rng=seed)`` for seeds 0-2 with the current ``_group_draws`` and with the one of
 commit 4509c11 (fresh latent samples for every draw), printing calls, false calls, power and
 the median ``lfc_std``, then the largest differences between runs.
 
-Run: ``python benchmarks/de_reuse_check.py``
+Run: ``python benchmarks/de_reuse_check.py [data_seed]``
 """
 
 from __future__ import annotations
@@ -44,11 +44,14 @@ def _old_module():
 
 def main() -> None:
     torch.set_num_threads(1)
+    data_seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     old = _old_module()
-    adata = scgenvae.datasets.synthetic_de(n_obs=600, n_vars=500, rng=0)
+    adata = scgenvae.datasets.synthetic_de(n_obs=600, n_vars=500, rng=data_seed)
     scgenvae.model.PoissonVAE.setup_anndata(adata, batch_key="batch")
     model = scgenvae.model.PoissonVAE(adata, n_latent=5, gene_likelihood="nb")
-    model.train(max_epochs=100, seed=0, enable_progress_bar=False, enable_model_summary=False)
+    model.train(
+        max_epochs=100, seed=data_seed, enable_progress_bar=False, enable_model_summary=False
+    )
     truth = adata.var["de"]
     cls = type(model)
     new_fn = cls._group_draws
