@@ -89,9 +89,10 @@ def cellbench_null(seed: int = 0) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--scvi", action="store_true")
     parser.add_argument("--cellbench", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_de.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     model_name = cpu_model()
@@ -137,7 +138,7 @@ def main() -> None:
             f" default train(), seed 0): {calls} calls in {tests:,} gene tests "
             f"({100 * calls / tests:.4f}%; the bar is 0.1%).",
         ]
-    out = Path(__file__).with_name("results_de.md")
+    out = args.out
     speed = ""  # the section written by de_speed.py is kept
     if out.exists() and SPEED_HEADING in out.read_text():
         speed = "\n" + SPEED_HEADING + out.read_text().split(SPEED_HEADING, 1)[1]
