@@ -4,7 +4,8 @@ Writes benchmarks/results_de.md. For each seed, ``datasets.synthetic_de`` (600 c
 groups, 500 genes, 10% planted DE with |log2 FC| in [0.5, 2], negative-binomial counts) is
 tested with ``PoissonVAE.differential_expression`` (NB and Poisson likelihoods), scanpy's
 Wilcoxon (BH-adjusted p <= 0.05, on log-normalised counts) and, with ``--scvi``, scvi-tools'
-SCVI change mode. Models train for their default number of epochs unless ``--max-epochs``. FDR and power are measured against the planted genes. ``--cellbench`` adds
+SCVI change mode. Models train for their default number of epochs unless ``--max-epochs``.
+FDR and power are measured against the planted genes. ``--cellbench`` adds
 the random-halves null on CellBench (H1975, CEL-seq2; 3 splits).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/de_calibration.py --seeds 0 1 2 [--scvi] [--cellbench]``
