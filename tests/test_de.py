@@ -19,7 +19,7 @@ def planted():
 
     The counts are negative binomial (``theta=10``), and so is the model's likelihood: a
     Poisson likelihood on these counts leaves the extra variance out of the posterior and
-    called 3 false genes of 31 (benchmarks/results_de.md).
+    called 3 false genes of 53 at the default training (benchmarks/results_de.md).
     """
     adata = scgenvae.datasets.synthetic_de(n_obs=600, n_vars=300, rng=0)
     scgenvae.model.PoissonVAE.setup_anndata(adata, batch_key="batch")
