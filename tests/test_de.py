@@ -19,7 +19,7 @@ def planted():
 
     The counts are negative binomial (``theta=10``), and so is the model's likelihood: a
     Poisson likelihood on these counts leaves the extra variance out of the posterior and
-    called 3 false genes of 31 (benchmarks/results_de.md).
+    called 3 false genes of 53 at the default training (benchmarks/results_de.md).
     """
     adata = scgenvae.datasets.synthetic_de(n_obs=600, n_vars=300, rng=0)
     scgenvae.model.PoissonVAE.setup_anndata(adata, batch_key="batch")
@@ -217,3 +217,46 @@ def test_cellbench_random_halves_null():
         )
         calls += int(de[f"is_de_fdr_{FDR}"].sum())
     assert calls <= 0.001 * 3 * adata.n_vars
+
+
+def test_group_draws_reuse_latent_samples(planted):
+    """Draw ``s`` sums the cells decoded at latent sample ``s % _LATENT_DRAWS``, weighted."""
+    import torch
+
+    from scgenvae._constants import MODULE_KEYS
+    from scgenvae.model import _de
+
+    adata, model = planted
+    groups = _de.resolve_groups(
+        model, None, adata.obs, groupby="group", group1="A", group2="B", idx1=None, idx2=None
+    )
+    n_samples, k = 25, _de._LATENT_DRAWS
+    draws = model._group_draws(
+        None,
+        groups,
+        target="rna",
+        use_modalities=None,
+        batch_correction=True,
+        n_samples=n_samples,
+        rng=np.random.default_rng(3),
+        batch_size=100_000,  # one chunk, so that the samples below are drawn in the same order
+    )
+    rng = np.random.default_rng(3)
+    w = torch.from_numpy(rng.standard_exponential((n_samples, len(groups.cells)))).float()
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    codes = [torch.tensor([[b]]) for b in range(int(model.summary_stats.n_batch))]
+    ((tensors, inf),) = list(model._iter_inference(indices=groups.cells, batch_size=100_000))
+    eps = torch.randn(k, len(groups.cells), model.module.n_latent, generator=gen)
+    with torch.inference_mode():
+        rho = model._decode_draws(tensors, inf, eps, codes, "rna")
+    library = inf[MODULE_KEYS.LIBRARY_KEY]["rna"].float()
+    var = model._observation_variance("rna", rho, library)
+    for label in (0, 1):
+        cells = groups.labels == label
+        for s in range(n_samples):
+            ws = w[s, cells].double()
+            expected = ws @ rho[s % k][cells].double()
+            np.testing.assert_allclose(draws["sums"][label, s], expected.numpy(), rtol=1e-4)
+            expected = (ws**2) @ var[s % k][cells].double()
+            np.testing.assert_allclose(draws["noise"][label, s], expected.numpy(), rtol=1e-4)
+            assert draws["weights"][label, s] == pytest.approx(float(ws.sum()), rel=1e-6)
