@@ -19,13 +19,14 @@ ROOT = Path(__file__).parents[1]
 NOTEBOOKS = sorted((ROOT / "tutorials").glob("*.ipynb"))
 
 
-def test_all_four_tutorials_are_present():
+def test_all_five_tutorials_are_present():
     names = [p.name for p in NOTEBOOKS]
     assert names == [
         "01_rna_poissonvae.ipynb",
         "02_multiome_multivae.ipynb",
         "03_cell_cycle.ipynb",
         "04_discrete_latent.ipynb",
+        "05_after_the_embedding.ipynb",
     ]
 
 
