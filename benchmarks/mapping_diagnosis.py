@@ -26,6 +26,8 @@ Usage::
 
     python benchmarks/mapping_diagnosis.py base kl_all lr1e-2 unfrozen offset in_scale enc_delta
     python benchmarks/mapping_diagnosis.py nopad --no-gene-removal
+    python benchmarks/mapping_diagnosis.py base --model-kwargs '{"n_layers": 2, "dropout_rate": 0.2}'
+    python benchmarks/mapping_diagnosis.py base --model-kwargs '{"gene_likelihood": "nb"}'
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ def main(argv=None) -> None:
     parser.add_argument("variants", nargs="+", choices=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-gene-removal", action="store_true")
+    parser.add_argument(
+        "--model-kwargs", type=json.loads, default={}, help="JSON: the reference's PoissonVAE()"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -106,7 +111,7 @@ def main(argv=None) -> None:
         query = adata[(adata.obs["protocol"] != "Drop-seq").to_numpy()].copy()
     scgenvae.settings.seed = seed
     PoissonVAE.setup_anndata(ref, batch_key="protocol")
-    model = PoissonVAE(ref)
+    model = PoissonVAE(ref, **args.model_kwargs)
     model.train(seed=seed, enable_progress_bar=False)
     z_ref = model.get_latent_representation(ref)
     prepared = PoissonVAE.prepare_query_anndata(query, model)
