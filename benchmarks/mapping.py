@@ -31,6 +31,11 @@ Usage::
     python benchmarks/mapping.py                 # seeds 0 1 2, defaults, ~15 min on 1 core
     python benchmarks/mapping.py --seeds 0 --ref-epochs 200 --query-epochs 100 \\
         --output /tmp/mapping_tuned.md
+    # methods in separate processes, one report from the rows both append to
+    python benchmarks/mapping.py --methods scvi --rows rows.jsonl --output /tmp/m.md
+    python benchmarks/mapping.py --methods ours --rows rows.jsonl --output /tmp/m.md
+    # development split (issue 18's hold-out discipline): protocols swapped, H1975 held out
+    python benchmarks/mapping.py --reference Drop-seq --held-out H1975 --output /tmp/dev.md
 """
 
 from __future__ import annotations
