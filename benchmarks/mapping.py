@@ -28,7 +28,7 @@ cells' latent after query training.
 
 Usage::
 
-    python benchmarks/mapping.py                 # seeds 0 1 2, defaults, ~15 min on 1 core
+    python benchmarks/mapping.py                 # seeds 0 1 2, defaults; ours 3-5 min a run, SCVI more
     python benchmarks/mapping.py --seeds 0 --ref-epochs 200 --query-epochs 100 \\
         --output /tmp/mapping_tuned.md
     # methods in separate processes, one report from the rows both append to
