@@ -28,14 +28,20 @@ cells' latent after query training.
 
 Usage::
 
-    python benchmarks/mapping.py                 # seeds 0 1 2, defaults, ~15 min on 1 core
+    python benchmarks/mapping.py                 # seeds 0 1 2, defaults; ours 3-5 min a run, SCVI more
     python benchmarks/mapping.py --seeds 0 --ref-epochs 200 --query-epochs 100 \\
         --output /tmp/mapping_tuned.md
+    # methods in separate processes, one report from the rows both append to
+    python benchmarks/mapping.py --methods scvi --rows rows.jsonl --output /tmp/m.md
+    python benchmarks/mapping.py --methods ours --rows rows.jsonl --output /tmp/m.md
+    # development split (issue 18's hold-out discipline): protocols swapped, H1975 held out
+    python benchmarks/mapping.py --reference Drop-seq --held-out H1975 --output /tmp/dev.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -83,22 +89,23 @@ def cell_line_ari(z: np.ndarray, labels: np.ndarray, *, seed: int) -> float:
     return float(adjusted_rand_score(labels, clusters))
 
 
-def _data():
+def _data(reference: str = "CEL-seq2"):
     adata = scgenvae.datasets.cellbench()
     adata.obs["cell_line"] = adata.obs["cell_line"].astype(str)
     adata.obs["protocol"] = adata.obs["protocol"].astype(str)
-    ref_all = adata[(adata.obs["protocol"] == "CEL-seq2").to_numpy()].copy()
+    ref_all = adata[(adata.obs["protocol"] == reference).to_numpy()].copy()
     sc.pp.filter_genes(ref_all, min_cells=3)
     sc.pp.highly_variable_genes(ref_all, flavor="seurat_v3", n_top_genes=2000)
     genes = ref_all.var_names[ref_all.var["highly_variable"].to_numpy()]
     return adata[:, genes].copy()
 
 
-def _split(adata, scenario: str, seed: int):
-    ref = adata[(adata.obs["protocol"] == "CEL-seq2").to_numpy()].copy()
+def _split(adata, scenario: str, seed: int, *, reference: str = "CEL-seq2"):
+    is_ref = (adata.obs["protocol"] == reference).to_numpy()
+    ref = adata[is_ref].copy()
     if scenario == "held-out line":
         ref = ref[(ref.obs["cell_line"] != HELD_OUT).to_numpy()].copy()
-    query = adata[(adata.obs["protocol"] == "Drop-seq").to_numpy()].copy()
+    query = adata[~is_ref].copy()
     rng = np.random.default_rng(seed)
     drop = rng.choice(query.n_vars, size=query.n_vars // 10, replace=False)
     keep = np.setdiff1d(np.arange(query.n_vars), drop)
@@ -184,7 +191,11 @@ def _figures(ref, query, z_ref, z_query, seed: int) -> dict[str, float]:
     return out
 
 
+METHODS = {"ours": ("scgenvae PoissonVAE", "_ours"), "scvi": ("scvi-tools SCVI", "_scvi")}
+
+
 def main(argv=None) -> None:
+    global HELD_OUT  # set once, before any split
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
@@ -194,36 +205,59 @@ def main(argv=None) -> None:
         "--query-epochs", type=int, default=None, help="tuned; default: train()'s heuristic"
     )
     parser.add_argument(
+        "--reference", default="CEL-seq2", help="protocol of the reference (the other: query)"
+    )
+    parser.add_argument("--held-out", default=HELD_OUT, help="line the reference lacks")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument(
+        "--scenarios", nargs="+", default=["all lines", "held-out line"], help="which scenarios"
+    )
+    parser.add_argument(
+        "--rows",
+        type=Path,
+        default=None,
+        help="JSON-lines file: each run is appended; the report is written from all its rows "
+        "(so that methods or seeds run in separate processes end in one report)",
+    )
+    parser.add_argument(
         "--output", type=Path, default=Path(__file__).with_name("results_mapping.md")
     )
     args = parser.parse_args(argv)
+    HELD_OUT = args.held_out
     torch.set_num_threads(1)
     epochs = (args.ref_epochs, args.query_epochs)
     logging.getLogger("scvi").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
-    adata = _data()
+    adata = _data(args.reference)
     rows = []
     for seed in args.seeds:
-        for scenario in ("all lines", "held-out line"):
-            ref, query = _split(adata, scenario, seed)
-            for method, fn in (("scgenvae PoissonVAE", _ours), ("scvi-tools SCVI", _scvi)):
+        for scenario in args.scenarios:
+            ref, query = _split(adata, scenario, seed, reference=args.reference)
+            for key in args.methods:
+                method, fn = METHODS[key][0], globals()[METHODS[key][1]]
                 z_ref, z_query, change, seconds, n_epochs = fn(
                     ref.copy(), query.copy(), seed, epochs
                 )
                 figs = _figures(ref, query, z_ref, z_query, seed)
-                rows.append(
-                    {
-                        "scenario": scenario,
-                        "method": method,
-                        "seed": seed,
-                        **figs,
-                        "ref. latent change": change,
-                        "train s": seconds,
-                        "epochs": n_epochs,
-                    }
+                row = {
+                    "scenario": scenario,
+                    "method": method,
+                    "seed": seed,
+                    **figs,
+                    "ref. latent change": change,
+                    "train s": seconds,
+                    "epochs": n_epochs,
+                }
+                print(row, flush=True)
+                if args.rows is not None:
+                    with args.rows.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+                    rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
+                else:
+                    rows.append(row)
+                frame = pd.DataFrame(rows).sort_values(
+                    ["scenario", "method", "seed"], kind="stable"
                 )
-                print(rows[-1], flush=True)
-                frame = pd.DataFrame(rows).sort_values(["scenario", "seed"], kind="stable")
                 _write(frame, adata, args)  # after each run: a partial report survives
 
 
@@ -248,8 +282,9 @@ def _write(frame: pd.DataFrame, adata, args) -> None:
         "",
         f"Generated by `benchmarks/mapping.py`; CPU: {cpu_model()}; seeds "
         f"{sorted(set(frame['seed']))}; "
-        f"scgenvae {scgenvae.__version__}. Reference: CEL-seq2 cells; query: Drop-seq cells "
-        f"with 10% of the {adata.n_vars:,} reference genes removed (zero-padded by "
+        f"scgenvae {scgenvae.__version__}. Reference: {args.reference} cells; query: the "
+        f"other protocol's cells; held-out line: {HELD_OUT}; the query has "
+        f"10% of the {adata.n_vars:,} reference genes removed (zero-padded by "
         f"`prepare_query_anndata`). Training: {training}; epochs run (reference+query): "
         f"{epochs}. Our query model is frozen (`load_query_data(freeze=True)`, the default); "
         "SCVI's follows scvi-tools' scArches tutorial (layer norm, no batch norm, encoded "
