@@ -419,12 +419,6 @@ def test_modality_choice_and_its_old_name(multi):
         model.get_accessibility_estimates(modality="atac")
 
 
-def test_warning_points_at_the_caller(multi):
-    model, _, _ = multi
-    with pytest.warns(UserWarning, match="cells have no") as record:
-        model.get_normalized_expression(modality="atac", return_numpy=True)
-    assert record[0].filename == __file__
-
 
 def test_indices_as_mask_names_and_positions(multi):
     model, mdata, _ = multi
