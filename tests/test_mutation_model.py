@@ -135,7 +135,7 @@ def test_latent_nan_rows_for_cells_without_the_modality(multi):
     joint = model.get_latent_representation()
     assert not np.isnan(joint).any()
     for m in ("rna", "atac"):
-        with pytest.warns(UserWarning, match=rf"{(~has[m]).sum()} of {N_CELLS} cells have no"):
+        with pytest.warns(UserWarning, match=rf"^{(~has[m]).sum()} of {N_CELLS} cells have no"):
             z = model.get_latent_representation(modality=m)
         np.testing.assert_array_equal(np.isnan(z).all(1), ~has[m])
         assert not np.isnan(z[has[m]]).any()
@@ -200,7 +200,10 @@ def test_cluster_probabilities_and_assignments(clustered):
 def test_cluster_getters_need_clusters(rna):
     model, _ = rna
     for getter in (model.get_cluster_probabilities, model.get_cluster_assignments):
-        with pytest.raises(ValueError, match=r"no discrete latent; create it with `n_clusters=K`"):
+        with pytest.raises(
+            ValueError,
+            match=r"^this model has no discrete latent; create it with `n_clusters=K`\.$",
+        ):
             getter()
 
 
@@ -220,7 +223,7 @@ def test_expression_equals_the_module_by_hand(rna, multi):
     np.testing.assert_allclose(
         mmodel.get_normalized_expression(return_numpy=True), _expected(mmodel, "rna"), rtol=1e-5
     )
-    with pytest.warns(UserWarning, match=rf"{(~has['atac']).sum()} of {N_CELLS} cells have no"):
+    with pytest.warns(UserWarning, match=rf"^{(~has['atac']).sum()} of {N_CELLS} cells have no"):
         atac = mmodel.get_normalized_expression(modality="atac", return_numpy=True)
     np.testing.assert_allclose(
         atac, _expected(mmodel, "rna", use=("atac",), has=has), rtol=1e-5, equal_nan=True
@@ -234,7 +237,7 @@ def test_accessibility_equals_the_module_by_hand(multi, multi_poisson):
         assert joint.dtype == np.float32
         expected = _expected(model, "atac", observed_library=True)
         np.testing.assert_allclose(joint, expected, rtol=1e-5)
-        with pytest.warns(UserWarning, match=rf"{(~has['rna']).sum()} of {N_CELLS} cells have"):
+        with pytest.warns(UserWarning, match=rf"^{(~has['rna']).sum()} of {N_CELLS} cells have"):
             from_rna = model.get_accessibility_estimates(modality="rna", return_numpy=True)
         np.testing.assert_allclose(
             from_rna, _expected(model, "atac", use=("rna",), has=has), rtol=1e-5, equal_nan=True
@@ -270,7 +273,7 @@ def test_minibatches_and_row_chunks_do_not_change_the_values(multi, monkeypatch)
             sub.to_numpy(),
             rtol=1e-5,
         )
-    with pytest.warns(UserWarning, match=rf"{(~has['rna']).sum()} of {N_CELLS} cells"):
+    with pytest.warns(UserWarning, match=rf"^{(~has['rna']).sum()} of {N_CELLS} cells"):
         chunked = model.get_accessibility_estimates(modality="rna", batch_size=7, threshold=0.01)
     np.testing.assert_array_equal(
         np.asarray(chunked.sparse.to_coo().tocsr().getnnz(1)) == 0, ~has["rna"]
@@ -419,7 +422,6 @@ def test_modality_choice_and_its_old_name(multi):
         model.get_accessibility_estimates(modality="atac")
 
 
-
 def test_indices_as_mask_names_and_positions(multi):
     model, mdata, _ = multi
     full = model.get_latent_representation()
@@ -551,3 +553,143 @@ def test_predictive_sample_counts_and_argument_checks(rna, multi):
     draws = mmodel.posterior_predictive_sample(target="atac", gene_list=peaks, rng=0)
     assert draws.shape == (N_CELLS, 2)
     assert set(np.unique(draws.toarray())) <= {0.0, 1.0}
+
+
+# ---------------------------------------------------------------- how the work is split
+def _spy(monkeypatch, obj, name: str) -> list[dict]:
+    """Record the keyword arguments of each call of ``obj.name`` (which still runs)."""
+    calls: list[dict] = []
+    original = getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, spy)
+    return calls
+
+
+def _rows(calls: list[dict], key: str) -> list[int]:
+    out = []
+    for kw in calls:
+        value = kw[key]
+        out.append(next(iter(value.values())).shape[0] if isinstance(value, dict) else len(value))
+    return out
+
+
+def test_getters_encode_in_minibatches_of_batch_size(clustered, multi, monkeypatch):
+    model, _ = clustered
+    calls = _spy(monkeypatch, model.module, "inference")
+    model.get_cluster_probabilities(batch_size=16)
+    assert _rows(calls, "x") == [16, 16, 8]
+    calls.clear()
+    model.get_cluster_assignments(batch_size=16)
+    assert _rows(calls, "x") == [16, 16, 8]
+    calls.clear()
+    model.get_elbo(batch_size=16)
+    assert _rows(calls, "x") == [16, 16, 8]
+    mmodel, _, _ = multi
+    calls = _spy(monkeypatch, mmodel.module, "inference")
+    mmodel.get_accessibility_estimates(batch_size=16, region_list=["peak_0"])
+    assert _rows(calls, "x") == [16, 16, 8]
+    calls.clear()
+    mmodel.get_normalized_expression(batch_size=32, gene_list=["gene_0"])
+    assert _rows(calls, "x") == [32, 8]
+
+
+def test_decoder_runs_on_row_chunks_and_only_the_columns_asked(multi, monkeypatch):
+    model, _, _ = multi
+    calls = _spy(monkeypatch, model.module, "generative")
+    monkeypatch.setattr(base, "DECODE_CHUNK_VALUES", 25)
+    model.get_accessibility_estimates(region_list=list(model.feature_names["atac"][[3, 1]]))
+    # Bernoulli peaks are decoded on their own: 2 columns, 12 rows (24 values) at a time
+    assert _rows(calls, "z") == [12, 12, 12, 4]
+    for kw in calls:
+        assert kw["modalities"] == ("atac",)
+        assert kw["columns"]["atac"].tolist() == [3, 1]
+    calls.clear()
+    model.get_accessibility_estimates()  # 20 peaks: one row at a time
+    assert _rows(calls, "z") == [1] * N_CELLS
+    assert all(kw["columns"] is None for kw in calls)
+    calls.clear()
+    # RNA shares (softmax) need every gene: 10 columns, 2 rows at a time, then the subset
+    model.get_normalized_expression(gene_list=["gene_3"])
+    assert _rows(calls, "z") == [2] * (N_CELLS // 2)
+    assert all(kw["columns"] is None for kw in calls)
+    calls.clear()
+    monkeypatch.setattr(base, "DECODE_CHUNK_VALUES", 1)  # less than a row: still one row
+    model.get_normalized_expression()
+    assert _rows(calls, "z") == [1] * N_CELLS
+
+
+def test_progress_bar_counts_the_decoded_values(rna, monkeypatch):
+    model, _ = rna
+    shown = []
+
+    def track(loader, **kwargs):
+        shown.append(kwargs["total"])
+        return loader
+
+    monkeypatch.setattr(base, "track", track)
+    monkeypatch.setattr(scgenvae.settings, "progress_bar", True)
+    monkeypatch.setattr(base, "PROGRESS_MIN_VALUES", 399)  # 40 cells x 10 genes = 400
+    model.get_normalized_expression(batch_size=16)
+    assert shown == [3]
+    monkeypatch.setattr(base, "PROGRESS_MIN_VALUES", 400)
+    model.get_normalized_expression(batch_size=16)
+    assert shown == [3]
+
+
+def test_new_data_and_its_names(rna):
+    model, adata = rna
+    full = model.get_normalized_expression(return_numpy=True)
+    new = adata[10:20].copy()
+    new.obs_names = [f"new{i}" for i in range(10)]
+    df = model.get_normalized_expression(new, indices=["new3", "new1"], batch_size=1)
+    assert list(df.index) == ["new3", "new1"]
+    np.testing.assert_allclose(df.to_numpy(), full[[13, 11]], rtol=1e-5)
+    arr = model.get_normalized_expression(new, indices=["new3", "new1"], return_numpy=True)
+    np.testing.assert_allclose(arr, full[[13, 11]], rtol=1e-5)
+
+
+@torch.inference_mode()
+def _elbo_by_hand(model, rng: int, data=None, batch_size: int = BIG) -> np.ndarray:
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(rng))
+        for tensors, inf in model._iter_inference(data, batch_size=batch_size):
+            gen = model.module.generative(**model.module._get_generative_input(tensors, inf))
+            losses = model.module.loss(tensors, inf, gen)
+            nelbo = sum(losses.reconstruction_loss.values()) + sum(losses.kl_local.values())
+            out.append(-nelbo.numpy())
+    return np.concatenate(out)
+
+
+def test_elbo_of_new_data_in_minibatches(rna):
+    model, adata = rna
+    new = adata[10:30].copy()
+    out = model.get_elbo(new, batch_size=6, return_mean=False, rng=3)
+    assert out.shape == (20,)
+    np.testing.assert_allclose(out, _elbo_by_hand(model, 3, new, 6), rtol=1e-5)
+    # the draws follow the minibatches: another split, other draws
+    assert not np.allclose(out, _elbo_by_hand(model, 3, new), rtol=1e-4)
+
+
+def test_untrained_model_is_refused_without_a_warning():
+    adata = scgenvae.datasets.synthetic_rna(n_obs=N_CELLS, n_vars=N_GENES, rng=0)
+    PoissonVAE.setup_anndata(adata)
+    model = PoissonVAE(adata, n_latent=3, n_hidden=8)
+    for getter in (model.get_elbo, model.get_reconstruction_error):
+        with pytest.raises(RuntimeError, match="not trained|train"):
+            getter()
+
+
+def test_missing_names_listed_up_to_five(rna):
+    model, adata = rna
+    names = [f"x{i}" for i in range(6)]
+    with pytest.raises(
+        ValueError,
+        match=r"^`gene_list`: 6 name\(s\) are not rna features of the model, e\.g\. "
+        r"\['x0', 'x1', 'x2', 'x3', 'x4'\]; ",
+    ):
+        model.posterior_predictive_sample(gene_list=names)
