@@ -408,7 +408,10 @@ def test_modality_choice_and_its_old_name(multi):
         expected = model.get_normalized_expression(modality="atac", return_numpy=True)
     with (
         pytest.warns(UserWarning, match="cells have no"),
-        pytest.warns(FutureWarning, match=r"^`use_modality` is now `modality` \(as in"),
+        pytest.warns(
+            FutureWarning,
+            match=r"^`use_modality` is now `modality` \(as in `get_latent_representation`\); the old name will be removed\.$",
+        ),
     ):
         old = model.get_normalized_expression(use_modality="atac", return_numpy=True)
     np.testing.assert_array_equal(old, expected)
@@ -693,3 +696,79 @@ def test_missing_names_listed_up_to_five(rna):
         r"\['x0', 'x1', 'x2', 'x3', 'x4'\]; ",
     ):
         model.posterior_predictive_sample(gene_list=names)
+
+
+def test_no_cells_give_empty_outputs(multi):
+    model, _, _ = multi
+    csr = model.get_accessibility_estimates(indices=[], threshold=0.5, return_numpy=True)
+    assert sparse.isspmatrix_csr(csr)
+    assert csr.shape == (0, N_PEAKS)
+    assert csr.dtype == np.float32
+    df = model.get_accessibility_estimates(indices=[], threshold=0.5)
+    assert df.shape == (0, N_PEAKS)
+    dense = model.get_accessibility_estimates(indices=[], return_numpy=True)
+    assert dense.shape == (0, N_PEAKS)
+
+
+def test_threshold_keeps_values_equal_to_it(multi_poisson):
+    # Poisson peaks with a subset: the threshold is applied to the dense minibatch values
+    model, _, _ = multi_poisson
+    peaks = list(model.feature_names["atac"][[4, 9]])
+    dense = model.get_accessibility_estimates(region_list=peaks, return_numpy=True)
+    thr = float(dense[5, 1])
+    csr = model.get_accessibility_estimates(region_list=peaks, threshold=thr, return_numpy=True)
+    assert csr[5, 1] == dense[5, 1]
+    assert csr.nnz == (dense >= np.float32(thr)).sum()
+
+
+def test_sparse_decoding_skips_what_the_head_can_bound(multi, multi_poisson, monkeypatch):
+    """With a threshold, the head picks the entries (Bernoulli bounds the others unseen)."""
+    from scgenvae.module._heads import BernoulliHead, LikelihoodHead
+
+    counted = []
+    original = BernoulliHead.predictive_mean_at_least
+
+    def spy(self, *args, **kwargs):
+        counted.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BernoulliHead, "predictive_mean_at_least", spy)
+    model, _, _ = multi
+    model.get_accessibility_estimates(threshold=0.5, batch_size=16)
+    assert counted == ["BernoulliHead"] * 3
+    counted.clear()
+    model.get_accessibility_estimates(threshold=0.5, region_list=["peak_3"], batch_size=16)
+    assert counted == ["BernoulliHead"] * 3
+    original_base = LikelihoodHead.predictive_mean_at_least
+
+    def spy_base(self, *args, **kwargs):
+        counted.append(type(self).__name__)
+        return original_base(self, *args, **kwargs)
+
+    monkeypatch.setattr(LikelihoodHead, "predictive_mean_at_least", spy_base)
+    counted.clear()
+    pmodel, _, _ = multi_poisson
+    pmodel.get_accessibility_estimates(threshold=0.01, batch_size=16)
+    assert counted == ["PoissonHead"] * 3
+    counted.clear()
+    # Poisson shares need every peak: a subset is thresholded after slicing
+    pmodel.get_accessibility_estimates(threshold=0.01, region_list=["peak_3"], batch_size=16)
+    assert counted == []
+
+
+def test_lacking_warning_names_the_output(multi):
+    model, _, has = multi
+    with pytest.warns(UserWarning, match=r"their expression values are NaN"):
+        model.get_normalized_expression(modality="atac")
+    with pytest.warns(UserWarning, match=r"their accessibility estimates are NaN"):
+        model.get_accessibility_estimates(modality="rna", threshold=0.5)
+
+
+def test_missing_names_listed_up_to_three(rna):
+    model, _ = rna
+    with pytest.raises(
+        ValueError,
+        match=r"^4 names of `gene_list` are not rna features of the model, for instance "
+        r"\['a', 'b', 'c'\]; ",
+    ):
+        model.get_normalized_expression(gene_list=["a", "b", "c", "d"])
