@@ -6,7 +6,8 @@ parallel region then waits for a thread that is not running: a PoissonVAE step a
 against 405 cells/s; Intel Xeon, 2 cores). On an idle node the second thread is worth little
 at batch 128 and more at large batches. No fixed number is right everywhere, so by default the
 loops time their own minibatches: a few steps with each candidate count, the fastest kept, and
-the choice measured again when the steps slow down or every half minute.
+the choice measured again when the steps slow down or every half minute; more threads are not
+even tried while the load average says the other processes leave too few cores free.
 ``scgenvae.settings.num_threads`` fixes the count instead.
 """
 
@@ -65,6 +66,12 @@ class ThreadTuner:
         Ratio of recent to probed step time that triggers a probe.
     clock
         Time source (for tests).
+    cores
+        Cores the process may use (default: the largest candidate).
+    load
+        Function returning the 1-minute load average (default :func:`os.getloadavg`; for
+        tests). A count above one is not probed while the other processes' load leaves fewer
+        cores free.
     """
 
     def __init__(
@@ -76,12 +83,16 @@ class ThreadTuner:
         reprobe_s: float = 30.0,
         slowdown: float = 1.5,
         clock=time.perf_counter,
+        cores: int | None = None,
+        load=None,
     ) -> None:
         self.candidates = tuple(sorted({int(c) for c in candidates}))
         if not self.candidates or self.candidates[0] < 1:
             msg = f"thread candidates must be positive integers, got {candidates!r}."
             raise ValueError(msg)
         self.warmup, self.probe_steps = int(warmup), int(probe_steps)
+        self._cores = self.candidates[-1] if cores is None else int(cores)
+        self._load = _load_average if load is None else load
         self.reprobe_s, self.slowdown = float(reprobe_s), float(slowdown)
         self._clock = clock
         self.chosen = self.candidates[0]
@@ -107,23 +118,32 @@ class ThreadTuner:
         due = [
             c
             for c in self.candidates
-            if c == self.chosen or now >= self._next_probe.get(c, -np.inf)
+            if c == self.chosen or (now >= self._next_probe.get(c, -np.inf) and self._room_for(c))
         ]
         if len(due) < 2:
             return
         self._queue = [c for c in due for _ in range(self.probe_steps)]
         self._probe = {c: [] for c in due}
 
+    def _room_for(self, threads: int) -> bool:
+        """Whether the other processes leave ``threads`` cores free (1-minute load average).
+
+        A probe of a count the node cannot give costs a step many times the normal one (17x
+        measured), so it is not made while the load of the other processes (the load average
+        less this process's threads) leaves fewer cores free; it is looked at again at the next
+        probe. One thread is always allowed.
+        """
+        if threads == 1:
+            return True
+        others = self._load() - torch.get_num_threads()
+        return others + threads <= self._cores + 0.5
+
     def before_step(self) -> None:
-        if len(self.candidates) > 1 and self._steps == self.warmup and self._first:
+        if len(self.candidates) > 1 and self._first and self._steps == self.warmup:
             self._first = False
-            self._start_probe(self._clock())
-        if self._queue:
-            self._current = self._queue[0]
-        elif self.reference is None:  # warm-up: the fewest threads are never pathological
-            self._current = self.candidates[0]
-        else:
-            self._current = self.chosen
+            self._probed_at = self._clock()
+            self._start_probe(self._probed_at)
+        self._current = self._queue[0] if self._queue else self.chosen
         if torch.get_num_threads() != self._current:
             torch.set_num_threads(self._current)
         self._start = self._clock()
@@ -136,11 +156,13 @@ class ThreadTuner:
         if self._queue:
             self._record_probe(seconds, now)
             return
-        if self.reference is None or len(self.candidates) == 1:
+        if len(self.candidates) == 1 or self._first:
             return
         self._recent = [*self._recent[-4:], seconds]
-        slow = len(self._recent) == 5 and float(np.median(self._recent)) > (
-            self.slowdown * self.reference
+        slow = (
+            self.reference is not None
+            and len(self._recent) == 5
+            and float(np.median(self._recent)) > self.slowdown * self.reference
         )
         if slow or now - self._probed_at > self.reprobe_s:
             self._recent = []
@@ -169,6 +191,14 @@ class ThreadTuner:
                 chosen = threads
         self.chosen, self.reference = chosen, done[chosen]
         self._probed_at = now
+
+
+def _load_average() -> float:
+    """The 1-minute load average (0 where the system does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on Unix
+        return 0.0
 
 
 def tuner() -> ThreadTuner:

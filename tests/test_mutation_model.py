@@ -23,6 +23,7 @@ import scgenvae
 from scgenvae._constants import MODULE_KEYS
 from scgenvae.model import MultiVAE, PoissonVAE
 from scgenvae.model import _base as base
+from scgenvae.model import _outputs as outputs
 
 N_CELLS, N_GENES, N_PEAKS = 40, 10, 20
 N_RNA_ONLY, N_ATAC_ONLY = 8, 6
@@ -258,7 +259,7 @@ def test_minibatches_and_row_chunks_do_not_change_the_values(multi, monkeypatch)
     expr = model.get_normalized_expression(return_numpy=True)
     sub = model.get_accessibility_estimates(region_list=model.feature_names["atac"][[3, 1]])
     # 25 values at a time: 1 row of 20 peaks, 2 rows of 10 genes (or 2 peaks)
-    monkeypatch.setattr(base, "DECODE_CHUNK_VALUES", 25)
+    monkeypatch.setattr(outputs, "DECODE_CHUNK_VALUES", 25)
     for bs in (None, 7):
         np.testing.assert_allclose(
             model.get_accessibility_estimates(batch_size=bs, return_numpy=True), full, rtol=1e-5
@@ -278,7 +279,7 @@ def test_minibatches_and_row_chunks_do_not_change_the_values(multi, monkeypatch)
     np.testing.assert_array_equal(
         np.asarray(chunked.sparse.to_coo().tocsr().getnnz(1)) == 0, ~has["rna"]
     )
-    monkeypatch.setattr(base, "DECODE_CHUNK_VALUES", 1)  # fewer values than a row: one row
+    monkeypatch.setattr(outputs, "DECODE_CHUNK_VALUES", 1)  # fewer values than a row: one row
     np.testing.assert_allclose(
         model.get_accessibility_estimates(return_numpy=True), full, rtol=1e-5
     )
@@ -603,7 +604,7 @@ def test_getters_encode_in_minibatches_of_batch_size(clustered, multi, monkeypat
 def test_decoder_runs_on_row_chunks_and_only_the_columns_asked(multi, monkeypatch):
     model, _, _ = multi
     calls = _spy(monkeypatch, model.module, "generative")
-    monkeypatch.setattr(base, "DECODE_CHUNK_VALUES", 25)
+    monkeypatch.setattr(outputs, "DECODE_CHUNK_VALUES", 25)
     model.get_accessibility_estimates(region_list=list(model.feature_names["atac"][[3, 1]]))
     # Bernoulli peaks are decoded on their own: 2 columns, 12 rows (24 values) at a time
     assert _rows(calls, "z") == [12, 12, 12, 4]
@@ -620,7 +621,7 @@ def test_decoder_runs_on_row_chunks_and_only_the_columns_asked(multi, monkeypatc
     assert _rows(calls, "z") == [2] * (N_CELLS // 2)
     assert all(kw["columns"] is None for kw in calls)
     calls.clear()
-    monkeypatch.setattr(base, "DECODE_CHUNK_VALUES", 1)  # less than a row: still one row
+    monkeypatch.setattr(outputs, "DECODE_CHUNK_VALUES", 1)  # less than a row: still one row
     model.get_normalized_expression()
     assert _rows(calls, "z") == [1] * N_CELLS
 

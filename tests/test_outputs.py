@@ -15,6 +15,7 @@ import scgenvae
 from scgenvae._constants import MODULE_KEYS
 from scgenvae.model import MultiVAE, PoissonVAE
 from scgenvae.model import _base as base
+from scgenvae.model import _outputs as outputs
 
 N_RNA_ONLY, N_ATAC_ONLY = 30, 20
 
@@ -263,7 +264,7 @@ def test_wide_outputs_decoded_in_row_chunks_are_the_same(unpaired, monkeypatch):
     with pytest.warns(UserWarning, match="no 'rna' data"):
         whole = model.get_accessibility_estimates(modality="rna", return_numpy=True)
     whole_sparse = model.get_accessibility_estimates(threshold=0.2, return_numpy=True)
-    monkeypatch.setattr(base, "DECODE_CHUNK_VALUES", 7 * 100)  # 7 cells at a time
+    monkeypatch.setattr(outputs, "DECODE_CHUNK_VALUES", 7 * 100)  # 7 cells at a time
     calls = []
     generative = model.module.generative
     monkeypatch.setattr(

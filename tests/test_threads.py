@@ -10,6 +10,10 @@ import scgenvae
 from scgenvae._threads import ThreadTuner, restore_threads
 
 
+def IDLE() -> float:  # noqa: N802 - a constant-like load function
+    return 1.0  # this process alone
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.t = 0.0
@@ -38,7 +42,7 @@ def _steps(tuner, clock, cost, n):
 def test_busy_node_keeps_one_thread_after_a_single_slow_step():
     # measured: 2 threads beside a busy process were 17x slower than 1
     clock = FakeClock()
-    tuner = ThreadTuner((1, 2), clock=clock, reprobe_s=30.0)
+    tuner = ThreadTuner((1, 2), load=IDLE, clock=clock, reprobe_s=30.0)
     used = _steps(tuner, clock, lambda th, _: 0.01 if th == 1 else 0.17, 400)
     assert tuner.chosen == 1
     assert used[:2] == [1, 1]  # the warm-up runs with the fewest threads
@@ -49,7 +53,7 @@ def test_busy_node_keeps_one_thread_after_a_single_slow_step():
 
 def test_idle_node_uses_the_cores_when_they_are_faster():
     clock = FakeClock()
-    tuner = ThreadTuner((1, 2), clock=clock)
+    tuner = ThreadTuner((1, 2), load=IDLE, clock=clock)
     used = _steps(tuner, clock, lambda th, _: 0.016 if th == 1 else 0.010, 200)
     assert tuner.chosen == 2
     assert used.count(2) > 0.9 * len(used)
@@ -57,14 +61,16 @@ def test_idle_node_uses_the_cores_when_they_are_faster():
 
 def test_more_threads_must_be_clearly_faster():
     clock = FakeClock()
-    tuner = ThreadTuner((1, 2), clock=clock)
+    tuner = ThreadTuner((1, 2), load=IDLE, clock=clock)
     _steps(tuner, clock, lambda th, _: 0.010 if th == 1 else 0.0095, 50)
     assert tuner.chosen == 1  # 5% is within the noise: the fewer threads are kept
 
 
 def test_a_node_that_becomes_busy_is_noticed_within_a_few_steps():
     clock = FakeClock()
-    tuner = ThreadTuner((1, 2), clock=clock, reprobe_s=1e9)  # only the slowdown can trigger
+    tuner = ThreadTuner(
+        (1, 2), load=IDLE, clock=clock, reprobe_s=1e9
+    )  # only the slowdown can trigger
 
     def cost(threads, step):
         if step < 100:
@@ -79,7 +85,7 @@ def test_a_node_that_becomes_busy_is_noticed_within_a_few_steps():
 
 def test_a_node_that_becomes_idle_is_noticed_at_the_next_probe():
     clock = FakeClock()
-    tuner = ThreadTuner((1, 2), clock=clock, reprobe_s=1.0)
+    tuner = ThreadTuner((1, 2), load=IDLE, clock=clock, reprobe_s=1.0)
 
     def cost(threads, step):
         if step < 200:
@@ -90,9 +96,33 @@ def test_a_node_that_becomes_idle_is_noticed_at_the_next_probe():
     assert used[-50:] == [2] * 50
 
 
+def test_a_loaded_node_is_not_probed_with_more_threads():
+    # another process keeps one of two cores busy: the 1-minute load is 2 with ours
+    clock = FakeClock()
+    tuner = ThreadTuner((1, 2), clock=clock, reprobe_s=1.0, load=lambda: 2.0)
+    used = _steps(tuner, clock, lambda th, _: 0.01 if th == 1 else 0.17, 1000)
+    assert used == [1] * 1000
+
+
+def test_more_threads_are_probed_once_the_load_drops():
+    clock = FakeClock()
+    load = {"value": 2.0}
+    tuner = ThreadTuner((1, 2), clock=clock, reprobe_s=1.0, load=lambda: load["value"])
+
+    def cost(threads, step):
+        if step == 300:
+            load["value"] = 1.0  # the other process ended
+        return 0.016 if threads == 1 else 0.010
+
+    used = _steps(tuner, clock, cost, 800)
+    assert set(used[:300]) == {1}
+    assert tuner.chosen == 2
+    assert used[-100:].count(2) >= 90  # the rest: re-probes of one thread every second
+
+
 def test_fixed_count_is_used_as_given():
     clock = FakeClock()
-    tuner = ThreadTuner((2,), clock=clock)
+    tuner = ThreadTuner((2,), load=IDLE, clock=clock)
     used = _steps(tuner, clock, lambda th, _: 0.01 if th == 1 else 1.0, 20)
     assert used == [2] * 20
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from scipy import sparse
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
     CategoricalJointObsField,
@@ -53,6 +52,7 @@ from ._io import (
     SaveLoadMixin,
 )
 from ._mapping import MappingMixin
+from ._outputs import OutputsMixin
 from ._plan import ScgenvaeTrainingPlan
 from ._setup import (
     Scans,
@@ -84,25 +84,6 @@ DEFAULT_BATCH_SIZE = 1024
 PROGRESS_MIN_BATCHES = 20
 #: ... or when it decodes more values than this in several minibatches
 PROGRESS_MIN_VALUES = 50_000_000
-#: values (cells x features) decoded at once by the getters (4 MiB of float32 per temporary).
-#: A549, 52,761 peaks, threshold 0.5: 19 rows at a time 5.1 s CPU and 100 MiB; 79 rows
-#: (2**22 values) 4.8 s and 233 MiB (benchmarks/results_outputs.md)
-DECODE_CHUNK_VALUES = 2**20
-
-
-def _row_slice(inputs: dict, rows: slice) -> dict:
-    """The generative inputs of some rows (tensors, dicts and lists of tensors, or None)."""
-
-    def cut(v):
-        if v is None:
-            return None
-        if isinstance(v, dict):
-            return {k: cut(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [cut(x) for x in v]
-        return v[rows]
-
-    return {k: cut(v) for k, v in inputs.items()}
 
 
 def _obs_frame(obs: pd.DataFrame, columns: Sequence[str], n_obs: int) -> pd.DataFrame:
@@ -131,6 +112,7 @@ def covariate_fields(args: dict) -> list:
 
 
 class BaseScgenvaeModel(
+    OutputsMixin,
     MappingMixin,
     ScviCompatMixin,
     DEMixin,
@@ -437,43 +419,6 @@ class BaseScgenvaeModel(
         finally:
             self.module.train(was_training)
 
-    def _lacking_input(self, inf: dict, use_modalities: tuple[str, ...] | None) -> torch.Tensor:
-        """Cells of a minibatch that have none of the modalities an output is computed from.
-
-        Only a restricted encoding (``use_modalities``) of a multi-modal model can lack its
-        input; its posterior for such cells is the prior, not an estimate.
-        """
-        observed = inf[MODULE_KEYS.OBSERVED_KEY]
-        first = next(iter(observed.values()))
-        if use_modalities is None or len(self.module.modalities) < 2:
-            return torch.zeros_like(first)
-        seen = torch.zeros_like(first)
-        for m in use_modalities:
-            seen = seen | observed[m]
-        return ~seen
-
-    @staticmethod
-    def _warn_lacking(
-        n_lacking: int,
-        n_cells: int,
-        use_modalities: tuple[str, ...],
-        what: str,
-        *,
-        stacklevel: int = 3,
-    ) -> None:
-        """One warning for the cells whose output is NaN for lack of input."""
-        if not n_lacking:
-            return
-        names = " or ".join(repr(m) for m in use_modalities)
-        warnings.warn(
-            f"{n_lacking:,} of {n_cells:,} cells have no {names} data (absent from the modality, "
-            f"or no counts): their {what} are NaN, as they are computed from {names} alone. "
-            "Use `modality='joint'` for an estimate from what each cell has, or pass "
-            "`indices` to leave them out.",
-            UserWarning,
-            stacklevel=stacklevel,
-        )
-
     def _cell_indices(self, indices, data=None) -> np.ndarray | None:
         """``indices`` as positions: a boolean mask, integer positions or obs names."""
         if indices is None:
@@ -489,7 +434,6 @@ class BaseScgenvaeModel(
             raise ValueError(msg)
         return (modality,)
 
-    @doc_params(**_docs.getter)
     def get_latent_representation(
         self,
         adata=None,
@@ -553,221 +497,6 @@ class BaseScgenvaeModel(
             msg = "this model has no discrete latent; create it with `n_clusters=K`."
             raise ValueError(msg)
 
-    def _batch_code(self, transform_batch: str | None) -> torch.Tensor | None:
-        if transform_batch is None:
-            return None
-        mapping = list(
-            self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
-        )
-        if transform_batch not in mapping:
-            msg = f"`transform_batch={transform_batch!r}` is not a training batch; choose one of {mapping}."
-            raise ValueError(msg)
-        return torch.tensor([[mapping.index(transform_batch)]])
-
-    def _feature_positions(
-        self, modality: str, names: Sequence[str] | None, arg: str
-    ) -> np.ndarray | None:
-        """Positions of the features ``names`` of ``modality`` (``None``: all), in that order."""
-        if names is None:
-            return None
-        if isinstance(names, str):
-            names = [names]
-        features = self._features[modality]
-        pos = features.get_indexer(pd.Index(list(names)))
-        if (pos < 0).any():
-            missing = [n for n, p in zip(names, pos, strict=True) if p < 0]
-            msg = (
-                f"{len(missing):,} names of `{arg}` are not {modality} features of the model, "
-                f"for instance {missing[:3]}; use names of `model.feature_names[{modality!r}]`."
-            )
-            raise ValueError(msg)
-        return pos
-
-    def _decode(
-        self,
-        data=None,
-        *,
-        target: str,
-        indices=None,
-        transform_batch: str | None = None,
-        use_modalities: tuple[str, ...] | None = None,
-        batch_size: int | None = None,
-        observed_library: bool = False,
-        columns: np.ndarray | None = None,
-        threshold: float | None = None,
-        what: str = "estimates",
-    ) -> np.ndarray | sparse.csr_matrix:
-        """Decoded means of modality ``target`` from the posterior mean (cells x features).
-
-        Only ``target``'s decoder runs, and only the ``columns`` asked where its head computes
-        features independently (Bernoulli); otherwise the full rows (softmax shares need all
-        features) are computed and subset per minibatch. With ``threshold``, values below it
-        are dropped minibatch by minibatch and a CSR matrix is returned (the dense matrix never
-        exists). Cells lacking every modality in ``use_modalities`` get NaN rows (empty rows
-        with ``threshold``) and one warning.
-        """
-        code = self._batch_code(transform_batch)
-        head = self.module.modalities[target].head
-        n_cols = self.module.modalities[target].n_input if columns is None else len(columns)
-        decode_cols = None
-        if columns is not None and head.column_subset:
-            decode_cols = torch.as_tensor(columns, dtype=torch.long)
-        width = self.module.modalities[target].n_input if decode_cols is None else n_cols
-        prepared = self._internal(data)
-        positions = self._cell_indices(indices, data)
-        n_cells = prepared[0].n_obs if positions is None else len(positions)
-        out = None if threshold is not None else np.empty((n_cells, n_cols), dtype=np.float32)
-        blocks: list[sparse.csr_matrix] = []
-        start, n_lacking = 0, 0
-        for tensors, inf in self._iter_inference(
-            data,
-            indices=indices,
-            batch_size=batch_size,
-            use_modalities=use_modalities,
-            n_outputs=n_cols,
-            prepared=prepared,
-        ):
-            gen_in = self.module._get_generative_input(tensors, inf)
-            gen_in[MODULE_KEYS.Z_KEY] = inf[MODULE_KEYS.QZ_KEY].loc
-            if decode_cols is not None:
-                decode_cols = decode_cols.to(gen_in[MODULE_KEYS.Z_KEY].device)
-            seen = inf[MODULE_KEYS.OBSERVED_KEY][target]
-            lacking_all = self._lacking_input(inf, use_modalities)
-            n_lacking += int(lacking_all.sum())
-            n = len(seen)
-            # a wide output is decoded a few rows at a time: its temporaries (logits,
-            # quadrature terms) stay small whatever the minibatch size
-            step = max(1, DECODE_CHUNK_VALUES // width)
-            for lo in range(0, n, step):
-                rows_ = slice(lo, min(n, lo + step))
-                gen = self.module.generative(
-                    **_row_slice(gen_in, rows_),
-                    transform_batch=code,
-                    observed_library=observed_library,
-                    modalities=(target,),
-                    columns=None if decode_cols is None else {target: decode_cols},
-                )
-                unseen = ~seen[rows_] if observed_library else torch.ones_like(seen[rows_])
-                lacking = lacking_all[rows_].cpu()
-                n_rows = len(lacking)
-                if threshold is not None and (columns is None or decode_cols is not None):
-                    # only the entries above the threshold (the head may skip the others)
-                    r, c, v = head.predictive_mean_at_least(
-                        gen[target], threshold, unobserved_depth=unseen
-                    )
-                    r, c, v = r.cpu(), c.cpu(), v.float().cpu()
-                    ok = ~lacking[r]
-                    blocks.append(
-                        sparse.csr_matrix(
-                            (v[ok].numpy(), (r[ok].numpy(), c[ok].numpy())),
-                            shape=(n_rows, n_cols),
-                        )
-                    )
-                    start += n_rows
-                    continue
-                values = head.predictive_mean(gen[target], unobserved_depth=unseen)
-                if columns is not None and decode_cols is None:
-                    values = values[:, torch.as_tensor(columns, device=values.device)]
-                values = values.float().cpu()
-                if threshold is None:
-                    if lacking.any():
-                        values = values.masked_fill(lacking.unsqueeze(-1), float("nan"))
-                    out[start : start + n_rows] = values.numpy()
-                else:
-                    keep = (values >= threshold) & ~lacking.unsqueeze(-1)
-                    r, c = keep.nonzero(as_tuple=True)
-                    blocks.append(
-                        sparse.csr_matrix(
-                            (values[r, c].numpy(), (r.numpy(), c.numpy())),
-                            shape=(n_rows, n_cols),
-                        )
-                    )
-                start += n_rows
-        if use_modalities is not None:
-            self._warn_lacking(n_lacking, n_cells, use_modalities, what, stacklevel=4)
-        if threshold is None:
-            return out
-        if not blocks:
-            return sparse.csr_matrix((0, n_cols), dtype=np.float32)
-        return sparse.vstack(blocks, format="csr", dtype=np.float32)
-
-    def _named(
-        self,
-        values: np.ndarray | sparse.csr_matrix,
-        *,
-        data,
-        indices,
-        modality: str,
-        columns: np.ndarray | None,
-    ) -> pd.DataFrame:
-        """``values`` as a DataFrame indexed by the cells' obs names, with feature columns."""
-        names = self._obs_names if data is None else pd.Index(data.obs_names)
-        positions = self._cell_indices(indices, data)
-        index = names if positions is None else names[positions]
-        features = self._features[modality]
-        cols = features if columns is None else features[columns]
-        if sparse.issparse(values):
-            return pd.DataFrame.sparse.from_spmatrix(values, index=index, columns=cols)
-        return pd.DataFrame(values, index=index, columns=cols, copy=False)
-
-    @torch.inference_mode()
-    def decode_latent(
-        self,
-        z: np.ndarray,
-        *,
-        transform_batch: str | None = None,
-        batch_size: int = 1024,
-    ) -> dict[str, np.ndarray]:
-        """Decode latent points into each modality's mean (points x features).
-
-        RNA (count likelihoods) is returned as normalised expression (rows sum to 1), ATAC with
-        the Bernoulli likelihood as accessibility probabilities at the training depth. Used by
-        :func:`scgenvae.tl.latent_traversal`.
-
-        Parameters
-        ----------
-        z
-            Latent points (points x ``n_latent``).
-        transform_batch
-            Batch category to decode under (default the first batch).
-        batch_size
-            Points per forward pass.
-        """
-        self._check_if_trained(warn=False)
-        z = np.asarray(z, dtype=np.float32)
-        if z.ndim != 2 or z.shape[1] != self.module.n_latent:
-            msg = f"`z` must have shape (points, {self.module.n_latent}), got {z.shape}."
-            raise ValueError(msg)
-        self.module.eval()
-        code = self._batch_code(transform_batch)
-        dims = self._summary_dims()
-        device = next(self.module.parameters()).device
-        out: dict[str, list] = {m: [] for m in self.module.modalities}
-        for start in range(0, len(z), batch_size):
-            zb = torch.from_numpy(z[start : start + batch_size]).to(device)
-            n = zb.shape[0]
-            cats = [torch.zeros(n, 1, dtype=torch.long, device=device)] + [
-                torch.zeros(n, 1, dtype=torch.long, device=device) for _ in dims["n_cats_per_cov"]
-            ]
-            cont = (
-                torch.zeros(n, dims["n_continuous_cov"], device=device)
-                if dims["n_continuous_cov"]
-                else None
-            )
-            gen = self.module.generative(
-                zb, None, cats, cont, transform_batch=code, observed_library=False
-            )
-            for m in out:
-                out[m].append(
-                    self.module.modalities[m]
-                    .head.predictive_mean(
-                        gen[m], unobserved_depth=torch.ones(len(zb), dtype=torch.bool)
-                    )
-                    .cpu()
-                    .numpy()
-                )
-        return {m: np.concatenate(v) for m, v in out.items()}
-
     # writing ------------------------------------------------------------------------
     def _latent_targets(self, data) -> list[tuple[Any, np.ndarray | None]]:
         """Objects to write the latent into, with the row of each of their cells (or None)."""
@@ -829,3 +558,8 @@ class BaseScgenvaeModel(
 def _registered(internal: AnnData, key: str):
     """The matrix registered under ``key`` in an internal AnnData (``.X`` or an ``obsm``)."""
     return internal.X if key == REGISTRY_KEYS.X_KEY else internal.obsm[key]
+
+
+# docstrings filled after the class bodies, not by decorators: mutmut leaves decorated
+# functions unmutated (docs/dev/mutation.md)
+doc_params(**_docs.getter)(BaseScgenvaeModel.get_latent_representation)

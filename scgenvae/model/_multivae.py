@@ -609,7 +609,6 @@ class MultiVAE(MultiVAECriticismMixin, BaseScgenvaeModel):
             raise ValueError(msg)
         return None if modality == "joint" else (modality,)
 
-    @doc_params(**_docs.getter)
     def get_normalized_expression(
         self,
         mdata: MuData | None = None,
@@ -662,7 +661,6 @@ class MultiVAE(MultiVAECriticismMixin, BaseScgenvaeModel):
             return values
         return self._named(values, data=mdata, indices=indices, modality="rna", columns=columns)
 
-    @doc_params(**_docs.getter)
     def get_accessibility_estimates(
         self,
         mdata: MuData | None = None,
@@ -742,7 +740,6 @@ class MultiVAE(MultiVAECriticismMixin, BaseScgenvaeModel):
             return values
         return self._named(values, data=mdata, indices=indices, modality="atac", columns=columns)
 
-    @doc_params(**_docs.de)
     def differential_accessibility(
         self,
         mdata: MuData | None = None,
@@ -814,3 +811,10 @@ class MultiVAE(MultiVAECriticismMixin, BaseScgenvaeModel):
         return self._differential(
             mdata, kind="accessibility", target="atac", pseudocounts=None, **args
         )
+
+
+# docstrings filled after the class bodies, not by decorators: mutmut leaves decorated
+# functions unmutated (docs/dev/mutation.md)
+doc_params(**_docs.getter)(MultiVAE.get_normalized_expression)
+doc_params(**_docs.getter)(MultiVAE.get_accessibility_estimates)
+doc_params(**_docs.de)(MultiVAE.differential_accessibility)
