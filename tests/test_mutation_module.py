@@ -503,3 +503,17 @@ def test_peaks_are_not_sampled_in_eval_mode():
         torch.manual_seed(seed)
         rec = mod.loss(t, inf, out).reconstruction_loss["atac"]
         torch.testing.assert_close(rec, -expected)
+
+
+def test_modality_dropout_of_a_minibatch_where_every_cell_draws_the_first_modality():
+    """The one-hot of the kept modality is k wide even when no cell draws the last one."""
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", 5, "bernoulli")}
+    mod = MultiModalVAEModule(mods, n_latent=2, modality_dropout=0.4)
+    both = [torch.ones(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)]
+    torch.manual_seed(3)
+    u = torch.rand(3)
+    assert (u < 0.4).all()  # every cell keeps only modality 0 (RNA)
+    torch.manual_seed(3)
+    new_rna, new_atac = mod._drop_modalities(both)
+    assert new_rna.all()
+    assert not new_atac.any()
