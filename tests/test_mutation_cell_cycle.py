@@ -402,6 +402,11 @@ def test_direction_details_near_opposite_peaks_and_the_library():
     vec = _cycle_vectors(theta, [s, opposite, -np.log(library)])
     assert d["evidence"] == pytest.approx(abs(_signed_area(vec, with_library=True)))
     assert _direction_details(-theta, s, opposite, library, n_boot=20)["direction"] == -1
+    # the public rule uses the library too: its evidence is the triangle's area
+    assert cell_cycle_direction(theta, s, opposite, library=library) == (
+        1,
+        pytest.approx(d["evidence"]),
+    )
     # a constant library carries nothing; a library with zeros is floored, not NaN
     flat = _direction_details(theta, s, opposite, np.full(120, 500.0), n_boot=10)
     assert flat["library_used"] is False
