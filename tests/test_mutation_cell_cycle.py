@@ -798,3 +798,61 @@ def test_initial_angle_opposite_peaks_off_the_major_axis():
     phi = _initial_angle(x, s, g, "markers")
     diffs = np.diff(np.unwrap(phi))
     assert (diffs > 0).all() or (diffs < 0).all()
+
+
+def test_align_summaries_by_hand_on_a_small_noisy_ring_with_a_constant_dimension():
+    """variance_ratio, cycle_r2 and dim_corr against their formulas, on data of total variance
+    below 1."""
+    adata, _, _ = _ellipse(n=80, d=4, a=0.08, b=0.05, noise=0.004, seed=5)
+    align_cell_cycle(adata, use_rep="X_rep")
+    u = adata.uns["cell_cycle"]
+    x = adata.obsm["X_rep"] - adata.obsm["X_rep"].mean(0)
+    assert (x**2).sum() < 1
+    angle = adata.obs["cell_cycle_angle"].to_numpy()
+    plane = u["rotation"][:, :2]
+    assert u["variance_ratio"] == pytest.approx(((x @ plane) ** 2).sum() / (x**2).sum())
+    h = np.stack([np.ones(80), np.cos(angle), np.sin(angle)], axis=1)
+    resid = x - h @ np.linalg.lstsq(h, x, rcond=None)[0]
+    assert u["cycle_r2"] == pytest.approx(1 - (resid**2).sum() / (x**2).sum(), rel=1e-6)
+    assert 0.9 < u["cycle_r2"] < 0.999
+    ss = (x**2).sum(0)
+    expected = np.sqrt(np.clip(1 - (resid**2).sum(0) / ss, 0, 1))
+    np.testing.assert_allclose(u["dim_corr"], expected, rtol=1e-6)
+    assert u["best_dim"] == int(np.argmax(expected))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a dimension without variance gets dim_corr 1 (1 - 0/1): it carries none of the cycle",
+)
+def test_align_constant_dimension_has_no_cycle_correlation():
+    adata, _, _ = _ellipse(n=40, d=3, seed=7)
+    adata.obsm["X_rep"] = np.concatenate([np.full((40, 1), 2.0), adata.obsm["X_rep"]], axis=1)
+    align_cell_cycle(adata, use_rep="X_rep")
+    assert adata.uns["cell_cycle"]["dim_corr"][0] == 0.0
+    assert adata.uns["cell_cycle"]["best_dim"] != 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_align_direction_is_a_unit_vector_with_its_largest_entry_positive(seed):
+    adata, _, rot = _ellipse(n=40, d=4, a=3.0, b=1.0, seed=seed)
+    align_cell_cycle(adata, use_rep="X_rep")
+    direction = adata.uns["cell_cycle"]["direction"]
+    assert np.linalg.norm(direction) == pytest.approx(1.0)
+    assert direction[np.argmax(np.abs(direction))] > 0
+    assert abs(direction @ rot[:, 0]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_align_small_ellipse_axes_and_a_library_of_one_count():
+    """Axis 2 of the rotation turns with the angle for an ellipse of semi-axes below 1; a
+    library of 1 count is a library."""
+    adata, theta, _ = _ellipse(n=60, d=3, a=0.8, b=0.5, seed=6, s_peak=1.0, g2m_peak=1.0 + np.pi)
+    lib = 1000 * 2 ** (np.mod(theta + 1.0, TWO_PI) / TWO_PI)
+    lib[5] = 1.0
+    adata.obs["lib"] = lib
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the fit's convergence is not tested
+        align_cell_cycle(adata, use_rep="X_rep", library_key="lib")
+    u = adata.uns["cell_cycle"]
+    assert u["library_used"] is True
+    assert u["rotation"][:, 1] @ u["ellipse_sin"] > 0
