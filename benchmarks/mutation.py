@@ -175,6 +175,11 @@ def _env() -> dict[str, str]:
         OPENBLAS_NUM_THREADS="1",
         SCGENVAE_DATA_DIR=str(ROOT / "data"),
         MPLBACKEND="Agg",
+        # mutmut forks a child per mutant from a process that has run the tests once; numba's
+        # default OpenMP layer, once used (scanpy's normalize_total), makes every forked child
+        # kill itself with SIGTERM ("fork() called from a process already using GNU OpenMP"),
+        # which mutmut reports as exit -15 (suspicious). The workqueue layer survives a fork.
+        NUMBA_THREADING_LAYER="workqueue",
     )
     return env
 

@@ -361,3 +361,44 @@ def test_a_loading_prior_without_bernoulli_heads_is_no_term():
     _, _, losses = mod.forward({"X": x}, compute_loss=True)
     assert torch.isfinite(losses.loss)
     assert "loading_prior" not in losses.extra_metrics
+
+
+# ---------------------------------------------------------------------------- survivors of the
+# vae mutation run (docs/dev/mutation.md)
+def test_register_head_needs_a_name():
+    from scgenvae.module import register_head
+
+    class _Nameless(LikelihoodHead):
+        pass
+
+    with pytest.raises(ValueError, match=r"^_Nameless needs a `name` to be registered\.$"):
+        register_head(_Nameless)
+    assert "" not in HEADS
+
+
+def test_head_repr_names_the_class():
+    assert repr(PoissonHead()) == "PoissonHead()"
+    assert repr(BernoulliHead()) == "BernoulliHead()"
+    assert repr(get_head("zinb")) == "ZINBHead()"
+
+
+def test_bernoulli_loadings_start_near_zero():
+    """The peak loadings start as N(0, 1e-3^2), the region factors at 0 (bias) and 1 (depth)."""
+    torch.manual_seed(0)
+    decoder = nn.Module()
+    BernoulliHead().build(decoder, 64, 500)
+    w = decoder.head.weight.detach()
+    assert w.shape == (500, 64)
+    assert 0.97e-3 < float(w.std()) < 1.03e-3  # 32,000 draws: the sample sd is within 1%
+    assert abs(float(w.mean())) < 2e-5
+    assert torch.equal(decoder.region_bias.detach(), torch.zeros(500))
+    assert torch.equal(decoder.region_depth.detach(), torch.ones(500))
+
+
+def test_bernoulli_decodes_a_zero_library_as_unobserved():
+    """A cell without fragments has no depth (NaN: use the predicted one); one fragment does."""
+    got = BernoulliHead().library_for_decoding(torch.tensor([0.0, 1.0, 3.0]))
+    assert torch.isnan(got[0])
+    torch.testing.assert_close(got[1:], torch.tensor([1.0, 3.0]))
+    counts = torch.tensor([0.0, 1.0, 3.0])
+    assert PoissonHead().library_for_decoding(counts) is counts

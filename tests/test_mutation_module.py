@@ -441,3 +441,79 @@ def test_nb_and_zinb_decoders_by_hand(likelihood):
         )
     rec = mod.loss(t, inf, out).reconstruction_loss["rna"]
     torch.testing.assert_close(rec, -ref.log_prob(t["X"]).sum(-1))
+
+
+def test_loading_prior_is_in_the_default_loss_and_logged():
+    """loss() adds 0.5 * coef * |W|^2 of the peak loadings by default and logs it."""
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", 5, "bernoulli")}
+    mod = MultiModalVAEModule(mods, n_latent=2, loading_prior_sd=0.5, n_obs=10).eval()
+    with torch.no_grad():
+        mod.decoders["atac"].head.weight.normal_(
+            0.0, 0.3, generator=torch.Generator().manual_seed(1)
+        )
+    t = _paired_batch()
+    inf = mod.inference(**mod._get_inference_input(t))
+    out = mod.generative(**mod._get_generative_input(t, inf))
+    w = mod.decoders["atac"].head.weight
+    penalty = 0.5 / (0.25 * 10) * w.square().sum()
+    with_prior = mod.loss(t, inf, out)
+    without = mod.loss(t, inf, out, loading_prior_in_loss=False)
+    torch.testing.assert_close(with_prior.loss, without.loss + penalty)
+    torch.testing.assert_close(with_prior.extra_metrics["loading_prior"], penalty.detach())
+    assert "loading_prior" not in without.extra_metrics
+
+
+def test_alignment_term_only_for_a_pair_of_posteriors_and_a_positive_weight():
+    """kl_align is computed (and logged) only when two modality posteriors are aligned."""
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", 5, "bernoulli")}
+    t = _paired_batch()
+    mod = MultiModalVAEModule(mods, n_latent=2).eval()
+    inf = mod.inference(**mod._get_inference_input(t))
+    out = mod.generative(**mod._get_generative_input(t, inf))
+    assert "kl_align" in mod.loss(t, inf, out).extra_metrics
+    # one modality's posterior (cross-modal prediction): nothing to align
+    one = mod.inference(**mod._get_inference_input(t), use_modalities=("rna",))
+    assert list(one["qz_modality"]) == ["rna"]
+    out_one = mod.generative(**mod._get_generative_input(t, one))
+    assert "kl_align" not in mod.loss(t, one, out_one).extra_metrics
+    # weight 0: no alignment term
+    off = MultiModalVAEModule(mods, n_latent=2, alignment_weight=0.0).eval()
+    inf = off.inference(**off._get_inference_input(t))
+    out = off.generative(**off._get_generative_input(t, inf))
+    assert "kl_align" not in off.loss(t, inf, out).extra_metrics
+
+
+def test_peaks_are_not_sampled_in_eval_mode():
+    """Outside training every peak is scored: the loss is the exact likelihood, seed-free."""
+    from torch.distributions import Bernoulli
+
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", 25, "bernoulli")}
+    mod = MultiModalVAEModule(mods, n_latent=2, n_sampled_peaks=10).eval()
+    gen = torch.Generator().manual_seed(1)
+    t = {
+        "X": torch.poisson(torch.full((8, 6), 3.0), generator=gen),
+        "atac": (torch.rand(8, 25, generator=gen) < 0.5).float(),
+    }
+    inf = mod.inference(**mod._get_inference_input(t))
+    out = mod.generative(**mod._get_generative_input(t, inf))
+    px, pl = out["atac"]["px"], out["atac"]["library"]
+    expected = Bernoulli(logits=px.logits).log_prob(t["atac"]).sum(-1)
+    expected = expected + pl.log_prob(torch.log(t["atac"].sum(-1).clamp(min=1.0)))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        rec = mod.loss(t, inf, out).reconstruction_loss["atac"]
+        torch.testing.assert_close(rec, -expected)
+
+
+def test_modality_dropout_of_a_minibatch_where_every_cell_draws_the_first_modality():
+    """The one-hot of the kept modality is k wide even when no cell draws the last one."""
+    mods = {"rna": ModalitySpec("X", 6), "atac": ModalitySpec("atac", 5, "bernoulli")}
+    mod = MultiModalVAEModule(mods, n_latent=2, modality_dropout=0.4)
+    both = [torch.ones(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)]
+    torch.manual_seed(3)
+    u = torch.rand(3)
+    assert (u < 0.4).all()  # every cell keeps only modality 0 (RNA)
+    torch.manual_seed(3)
+    new_rna, new_atac = mod._drop_modalities(both)
+    assert new_rna.all()
+    assert not new_atac.any()

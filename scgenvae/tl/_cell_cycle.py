@@ -297,7 +297,7 @@ def _direction_details(
     with_library = False
     if library is not None:
         lib = np.log(np.maximum(np.asarray(library, dtype=np.float64), 1e-12))
-        if np.std(lib) > 0:
+        if np.ptp(lib) > 0:  # exact: the std of equal floats can round above 0
             values.append(-lib)  # the G1 vertex: the trough of the library size
             with_library = True
     vectors = _cycle_vectors(angle, values)
