@@ -10,7 +10,7 @@ import scgenvae
 from scgenvae._threads import ThreadTuner, restore_threads
 
 
-def IDLE() -> float:  # noqa: N802 - a constant-like load function
+def idle() -> float:
     return 1.0  # this process alone
 
 
@@ -42,7 +42,7 @@ def _steps(tuner, clock, cost, n):
 def test_busy_node_keeps_one_thread_after_a_single_slow_step():
     # measured: 2 threads beside a busy process were 17x slower than 1
     clock = FakeClock()
-    tuner = ThreadTuner((1, 2), load=IDLE, clock=clock, reprobe_s=30.0)
+    tuner = ThreadTuner((1, 2), load=idle, clock=clock, reprobe_s=30.0)
     used = _steps(tuner, clock, lambda th, _: 0.01 if th == 1 else 0.17, 400)
     assert tuner.chosen == 1
     assert used[:2] == [1, 1]  # the warm-up runs with the fewest threads
@@ -53,7 +53,7 @@ def test_busy_node_keeps_one_thread_after_a_single_slow_step():
 
 def test_idle_node_uses_the_cores_when_they_are_faster():
     clock = FakeClock()
-    tuner = ThreadTuner((1, 2), load=IDLE, clock=clock)
+    tuner = ThreadTuner((1, 2), load=idle, clock=clock)
     used = _steps(tuner, clock, lambda th, _: 0.016 if th == 1 else 0.010, 200)
     assert tuner.chosen == 2
     assert used.count(2) > 0.9 * len(used)
@@ -61,7 +61,7 @@ def test_idle_node_uses_the_cores_when_they_are_faster():
 
 def test_more_threads_must_be_clearly_faster():
     clock = FakeClock()
-    tuner = ThreadTuner((1, 2), load=IDLE, clock=clock)
+    tuner = ThreadTuner((1, 2), load=idle, clock=clock)
     _steps(tuner, clock, lambda th, _: 0.010 if th == 1 else 0.0095, 50)
     assert tuner.chosen == 1  # 5% is within the noise: the fewer threads are kept
 
@@ -69,7 +69,7 @@ def test_more_threads_must_be_clearly_faster():
 def test_a_node_that_becomes_busy_is_noticed_within_a_few_steps():
     clock = FakeClock()
     tuner = ThreadTuner(
-        (1, 2), load=IDLE, clock=clock, reprobe_s=1e9
+        (1, 2), load=idle, clock=clock, reprobe_s=1e9
     )  # only the slowdown can trigger
 
     def cost(threads, step):
@@ -85,7 +85,7 @@ def test_a_node_that_becomes_busy_is_noticed_within_a_few_steps():
 
 def test_a_node_that_becomes_idle_is_noticed_at_the_next_probe():
     clock = FakeClock()
-    tuner = ThreadTuner((1, 2), load=IDLE, clock=clock, reprobe_s=1.0)
+    tuner = ThreadTuner((1, 2), load=idle, clock=clock, reprobe_s=1.0)
 
     def cost(threads, step):
         if step < 200:
@@ -122,7 +122,7 @@ def test_more_threads_are_probed_once_the_load_drops():
 
 def test_fixed_count_is_used_as_given():
     clock = FakeClock()
-    tuner = ThreadTuner((2,), load=IDLE, clock=clock)
+    tuner = ThreadTuner((2,), load=idle, clock=clock)
     used = _steps(tuner, clock, lambda th, _: 0.01 if th == 1 else 1.0, 20)
     assert used == [2] * 20
 
