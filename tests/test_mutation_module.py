@@ -517,3 +517,29 @@ def test_modality_dropout_of_a_minibatch_where_every_cell_draws_the_first_modali
     new_rna, new_atac = mod._drop_modalities(both)
     assert new_rna.all()
     assert not new_atac.any()
+
+
+def test_prior_log_densities_by_hand():
+    """``log_prob`` of both priors against scipy's normal density (the marginal of the mixture)."""
+    from scipy.stats import norm
+
+    z = torch.tensor([[0.3, -1.2, 2.0], [1.5, 0.0, -0.7]], dtype=torch.float64)
+    expected = norm.logpdf(z.numpy()).sum(1)
+    np.testing.assert_allclose(StandardNormalPrior().log_prob(z).numpy(), expected, rtol=1e-12)
+
+    prior = GaussianMixturePrior(2, 3).double()
+    # before initialise: the standard normal it acts as
+    np.testing.assert_allclose(prior.log_prob(z).detach().numpy(), expected, rtol=1e-12)
+    means = np.array([[0.0, 1.0, -1.0], [2.0, -0.5, 0.5]])
+    scales = np.array([0.5, 2.0, 1.5])
+    with torch.no_grad():
+        prior.means.copy_(torch.as_tensor(means))
+        prior.log_scales.copy_(torch.log(torch.as_tensor(scales)).unsqueeze(0))
+        prior.initialised.fill_(1)
+    per_component = np.stack(
+        [norm.logpdf(z.numpy(), loc=means[k], scale=scales).sum(1) for k in range(2)], 1
+    )
+    mixture = np.log(np.exp(per_component).mean(1))
+    np.testing.assert_allclose(prior.log_prob(z).detach().numpy(), mixture, rtol=1e-10)
+    # leading batch dimensions (samples x cells x n_latent) are kept
+    assert prior.log_prob(z.expand(4, 2, 3)).shape == (4, 2)
