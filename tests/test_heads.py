@@ -402,3 +402,44 @@ def test_bernoulli_decodes_a_zero_library_as_unobserved():
     torch.testing.assert_close(got[1:], torch.tensor([1.0, 3.0]))
     counts = torch.tensor([0.0, 1.0, 3.0])
     assert PoissonHead().library_for_decoding(counts) is counts
+
+
+def test_bernoulli_column_subset_is_those_columns_of_the_full_output():
+    head = BernoulliHead()
+    decoder, h, library, centre, decoded = _decoded(head, library_sd=0.8)
+    columns = torch.tensor([5, 1, 6, 0])
+    sub = {
+        **decoded,
+        MODULE_KEYS.PX_KEY: head.distribution(
+            decoder, h, torch.log(library), centre, columns=columns
+        ),
+    }
+    unobserved = torch.tensor([True, False] * (N_CELLS // 2))
+    for flags in (None, unobserved):
+        full = head.predictive_mean(decoded, unobserved_depth=flags).detach()
+        part = head.predictive_mean(sub, unobserved_depth=flags).detach()
+        np.testing.assert_allclose(part.numpy(), full[:, columns].numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("head", [PoissonHead(), NBHead(), BernoulliHead()], ids=repr)
+@pytest.mark.parametrize("depth", ["none", "mixed", "all"])
+def test_predictive_mean_at_least_is_the_thresholded_dense_mean(head, depth):
+    decoder, h, library, centre, decoded = _decoded(head, library_sd=1.5)
+    flags = {
+        "none": None,
+        "mixed": torch.tensor([True, False] * (N_CELLS // 2)),
+        "all": torch.ones(N_CELLS, dtype=torch.bool),
+    }[depth]
+    dense = head.predictive_mean(decoded, unobserved_depth=flags).detach()
+    values = np.sort(dense.numpy().ravel())
+    # a threshold equal to an entry (ties are kept) and one between entries
+    for threshold in (float(values[len(values) // 2]), float(values[-5] + values[-4]) / 2):
+        rows, cols, vals = head.predictive_mean_at_least(
+            decoded, threshold, unobserved_depth=flags
+        )
+        got = sparse.csr_matrix(
+            (vals.detach().numpy(), (rows.numpy(), cols.numpy())), shape=dense.shape
+        ).toarray()
+        expected = np.where(dense.numpy() >= threshold, dense.numpy(), 0.0)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        assert len(vals) == int((dense >= threshold).sum())
