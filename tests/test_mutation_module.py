@@ -541,5 +541,11 @@ def test_prior_log_densities_by_hand():
     )
     mixture = np.log(np.exp(per_component).mean(1))
     np.testing.assert_allclose(prior.log_prob(z).detach().numpy(), mixture, rtol=1e-10)
-    # leading batch dimensions (samples x cells x n_latent) are kept
-    assert prior.log_prob(z.expand(4, 2, 3)).shape == (4, 2)
+    # leading dimensions (samples x cells x n_latent) are kept, and reduced over nothing else
+    stacked = torch.stack([z, z.flip(0), z, z])  # 4 samples x 2 cells x 3
+    for p in (prior, StandardNormalPrior()):
+        np.testing.assert_allclose(
+            p.log_prob(stacked).detach().numpy(),
+            torch.stack([p.log_prob(s) for s in stacked]).detach().numpy(),
+            rtol=1e-12,
+        )
