@@ -798,13 +798,13 @@ def test_latent_sample_is_a_draw_of_the_posterior(rna):
 
 
 @torch.inference_mode()
-def _marginal_by_hand(model, rng: int, k: int, batch_size: int = BIG) -> np.ndarray:
+def _marginal_by_hand(model, rng: int, k: int, batch_size: int = BIG, data=None) -> np.ndarray:
     """log-mean-exp over ``k`` importance weights (numpy), draws as the getter takes them."""
     out = []
     prior = model.module.prior
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(rng))
-        for tensors, inf in model._iter_inference(batch_size=batch_size):
+        for tensors, inf in model._iter_inference(data, batch_size=batch_size):
             qz = inf[MODULE_KEYS.QZ_KEY]
             weights = []
             for i in range(k):
@@ -869,11 +869,15 @@ def test_marginal_ll_of_one_modality_and_some_cells(multi):
 
 
 @torch.inference_mode()
-def _predictive_by_hand(model, rng, n_samples, *, target, batch_size=BIG, use=None, code=None):
+def _predictive_by_hand(
+    model, rng, n_samples, *, target, batch_size=BIG, use=None, code=None, data=None, indices=None
+):
     blocks = [[] for _ in range(n_samples)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(rng))
-        for tensors, inf in model._iter_inference(batch_size=batch_size, use_modalities=use):
+        for tensors, inf in model._iter_inference(
+            data, batch_size=batch_size, use_modalities=use, indices=indices
+        ):
             qz = inf[MODULE_KEYS.QZ_KEY]
             gen_in = model.module._get_generative_input(tensors, inf)
             observed = inf[MODULE_KEYS.OBSERVED_KEY]
@@ -1126,3 +1130,125 @@ def test_multi_expression_frames_and_arrays(multi):
     sub = model.get_accessibility_estimates(indices=[5, 1], region_list=["peak_7", "peak_0"])
     assert list(sub.index) == list(mdata.obs_names[[5, 1]])
     np.testing.assert_allclose(sub.to_numpy(), acc[[5, 1]][:, [7, 0]], rtol=1e-5)
+
+
+def test_latent_of_new_data_in_minibatches_and_its_warning(multi, monkeypatch):
+    model, mdata, has = multi
+    full = model.get_latent_representation()
+    new = mdata[10:30].copy()
+    np.testing.assert_allclose(model.get_latent_representation(new), full[10:30], rtol=1e-5)
+    calls = _spy(monkeypatch, model.module, "inference")
+    n = int((~has["rna"]).sum())
+    with pytest.warns(UserWarning, match="cells have no") as record:
+        z = model.get_latent_representation(modality="rna", batch_size=16)
+    assert _rows(calls, "x") == [16, 16, 8]
+    assert len(record) == 1
+    assert str(record[0].message) == (
+        f"{n} of {N_CELLS} cells have no 'rna' data (absent from the modality, or no counts): "
+        "their latent representations are NaN, as they are computed from 'rna' alone. Use "
+        "`modality='joint'` for an estimate from what each cell has, or pass `indices` to "
+        "leave them out."
+    )
+    np.testing.assert_array_equal(np.isnan(z).all(1), ~has["rna"])
+
+
+def test_lacking_warning_of_several_modalities_and_its_text(multi):
+    model, _, _ = multi
+    with pytest.warns(UserWarning, match="cells have no") as record:
+        model._warn_lacking(3, 1234, ("rna", "atac"), "values")
+    assert record[0].category is UserWarning
+    assert str(record[0].message) == (
+        "3 of 1,234 cells have no 'rna' or 'atac' data (absent from the modality, or no "
+        "counts): their values are NaN, as they are computed from 'rna' or 'atac' alone. Use "
+        "`modality='joint'` for an estimate from what each cell has, or pass `indices` to "
+        "leave them out."
+    )
+
+
+def test_criticism_of_new_data_and_some_cells(rna, monkeypatch):
+    model, adata = rna
+    new = adata[10:30].copy()
+    out = model.get_marginal_ll(new, n_mc_samples=2, batch_size=6, return_mean=False, rng=3)
+    assert out.shape == (20,)
+    np.testing.assert_allclose(out, _marginal_by_hand(model, 3, 2, 6, data=new), rtol=1e-6)
+    rec = model.get_reconstruction_error(new, batch_size=6, return_mean=False, rng=3)["rna"]
+    losses = []
+    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(3))
+        for tensors, inf in model._iter_inference(new, batch_size=6):
+            gen = model.module.generative(**model.module._get_generative_input(tensors, inf))
+            losses.append(model.module.loss(tensors, inf, gen).reconstruction_loss["rna"])
+    np.testing.assert_allclose(rec, torch.cat(losses).numpy(), rtol=1e-5)
+    some, _ = _losses(model, 8, indices=[9, 2, 31])
+    np.testing.assert_allclose(
+        model.get_reconstruction_error(indices=[9, 2, 31], return_mean=False, rng=8)["rna"],
+        some.reconstruction_loss["rna"].numpy(),
+        rtol=1e-5,
+    )
+    calls = _spy(monkeypatch, model.module, "inference")
+    model.get_reconstruction_error(batch_size=16)
+    assert _rows(calls, "x") == [16, 16, 8]
+    draws = model.posterior_predictive_sample(new, indices=[4, 0], n_samples=2, rng=1)
+    assert draws.shape == (4, N_GENES)
+    by_hand = _predictive_by_hand(model, 1, 2, target="rna", data=new, indices=[4, 0])
+    np.testing.assert_array_equal(draws.toarray(), by_hand)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.get_marginal_ll(n_mc_samples=1),
+        lambda m: m.posterior_predictive_sample(),
+        lambda m: m.get_library_size_factors(),
+        lambda m: m.get_latent_representation(),
+    ],
+)
+def test_untrained_model_is_refused_by_every_getter(call):
+    adata = scgenvae.datasets.synthetic_rna(n_obs=N_CELLS, n_vars=N_GENES, rng=0)
+    PoissonVAE.setup_anndata(adata)
+    model = PoissonVAE(adata, n_latent=3, n_hidden=8)
+    with pytest.raises(RuntimeError, match="not trained|train"):
+        call(model)
+
+
+def test_untrained_multi_model_has_no_region_factors():
+    mdata = scgenvae.datasets.synthetic_multiome(
+        n_obs=N_CELLS, n_genes=N_GENES, n_peaks=N_PEAKS, rng=0
+    )
+    MultiVAE.setup_mudata(mdata)
+    model = MultiVAE(mdata, n_latent=3, n_hidden=8)
+    with pytest.raises(RuntimeError, match="not trained|train"):
+        model.get_region_factors()
+
+
+def test_multi_getters_of_new_data(multi):
+    model, mdata, _ = multi
+    expr = model.get_normalized_expression(return_numpy=True)
+    acc = model.get_accessibility_estimates(return_numpy=True)
+    new = mdata[10:30].copy()
+    df = model.get_normalized_expression(new, indices=[3, 1], gene_list=["gene_5"])
+    assert list(df.index) == list(mdata.obs_names[[13, 11]])
+    np.testing.assert_allclose(df.to_numpy(), expr[[13, 11]][:, [5]], rtol=1e-5)
+    np.testing.assert_allclose(
+        model.get_normalized_expression(new, return_numpy=True), expr[10:30], rtol=1e-5
+    )
+    df = model.get_accessibility_estimates(new, indices=[3, 1], region_list=["peak_9"])
+    assert list(df.index) == list(mdata.obs_names[[13, 11]])
+    np.testing.assert_allclose(df.to_numpy(), acc[[13, 11]][:, [9]], rtol=1e-5)
+    np.testing.assert_allclose(
+        model.get_accessibility_estimates(new, return_numpy=True), acc[10:30], rtol=1e-5
+    )
+    with pytest.raises(ValueError, match=r"^1 names of `gene_list` are not rna features"):
+        model.get_normalized_expression(gene_list=["nope"])
+
+
+def test_accessibility_under_the_old_modality_name(multi):
+    model, _, _ = multi
+    with pytest.warns(UserWarning, match="cells have no"):
+        expected = model.get_accessibility_estimates(modality="rna", return_numpy=True)
+    with (
+        pytest.warns(UserWarning, match="cells have no"),
+        pytest.warns(FutureWarning, match=r"^`use_modality` is now `modality`"),
+    ):
+        old = model.get_accessibility_estimates(use_modality="rna", return_numpy=True)
+    np.testing.assert_array_equal(old, expected)
