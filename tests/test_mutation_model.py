@@ -1252,3 +1252,21 @@ def test_accessibility_under_the_old_modality_name(multi):
     ):
         old = model.get_accessibility_estimates(use_modality="rna", return_numpy=True)
     np.testing.assert_array_equal(old, expected)
+
+
+def test_sizes_of_new_cells_chosen_by_name(rna, monkeypatch):
+    model, adata = rna
+    new = adata[5:9].copy()
+    new.obs_names = [f"n{i}" for i in range(4)]
+    totals = np.asarray(adata.X[[8, 5]].sum(1)).ravel()
+    sizes = model.get_library_size_factors(new, indices=["n3", "n0"])
+    assert list(sizes.index) == ["n3", "n0"]
+    np.testing.assert_allclose(sizes["rna"].to_numpy(), totals, rtol=1e-6)
+    shares = model.get_normalized_expression(return_numpy=True)[[8, 5]]
+    latent = model.get_normalized_expression(
+        new, library_size="latent", indices=["n3", "n0"], return_numpy=True
+    )
+    np.testing.assert_allclose(latent, shares * totals[:, None], rtol=1e-5)
+    calls = _spy(monkeypatch, model.module, "inference")
+    model.get_library_size_factors(batch_size=16)
+    assert _rows(calls, "x") == [16, 16, 8]
