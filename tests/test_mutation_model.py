@@ -10,6 +10,7 @@ kills are listed in docs/dev/mutation.md.
 
 from __future__ import annotations
 
+import re
 from contextlib import nullcontext
 
 import mudata as md
@@ -773,3 +774,500 @@ def test_missing_names_listed_up_to_three(rna):
         r"\['a', 'b', 'c'\]; ",
     ):
         model.get_normalized_expression(gene_list=["a", "b", "c", "d"])
+
+
+# ---------------------------------------------------------------- getters mutated since the
+# decorators went (docstrings filled after the class bodies, inference_mode as a with block)
+def test_latent_sample_is_a_draw_of_the_posterior(rna):
+    model, _ = rna
+    _, inf = _one_batch(model)
+    qz = inf[MODULE_KEYS.QZ_KEY]
+    mean = model.get_latent_representation(give_mean=True)
+    np.testing.assert_allclose(mean, qz.loc.numpy(), rtol=1e-6)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        drawn = model.get_latent_representation(give_mean=False, batch_size=BIG)
+        torch.manual_seed(11)
+        with torch.inference_mode():
+            ((_, inf2),) = list(model._iter_inference(batch_size=BIG))
+            by_hand = inf2[MODULE_KEYS.QZ_KEY].sample().numpy()
+    assert drawn.dtype == np.float32
+    np.testing.assert_allclose(drawn, by_hand, rtol=1e-6)
+    assert not np.allclose(drawn, mean, rtol=1e-3)
+    assert not np.isnan(drawn).any()
+
+
+@torch.inference_mode()
+def _marginal_by_hand(model, rng: int, k: int, batch_size: int = BIG, data=None) -> np.ndarray:
+    """log-mean-exp over ``k`` importance weights (numpy), draws as the getter takes them."""
+    out = []
+    prior = model.module.prior
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(rng))
+        for tensors, inf in model._iter_inference(data, batch_size=batch_size):
+            qz = inf[MODULE_KEYS.QZ_KEY]
+            weights = []
+            for i in range(k):
+                z = inf[MODULE_KEYS.Z_KEY] if i == 0 else qz.sample()
+                at = {**inf, MODULE_KEYS.Z_KEY: z}
+                gen = model.module.generative(**model.module._get_generative_input(tensors, at))
+                losses = model.module.loss(tensors, at, gen, kl_weight=1.0)
+                log_px = -sum(losses.reconstruction_loss.values())
+                w = log_px + prior.log_prob(z) - qz.log_prob(z).sum(-1)
+                weights.append(w.double().numpy())
+            w = np.stack(weights)
+            top = w.max(0)
+            out.append(top + np.log(np.exp(w - top).mean(0)))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("which", ["rna", "clustered"])
+def test_marginal_ll_is_the_log_mean_of_the_importance_weights(which, rna, clustered):
+    model = {"rna": rna, "clustered": clustered}[which][0]
+    out = model.get_marginal_ll(n_mc_samples=3, batch_size=16, return_mean=False, rng=4)
+    assert out.dtype == np.float64
+    assert out.shape == (N_CELLS,)
+    expected = _marginal_by_hand(model, 4, 3, batch_size=16)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    mean = model.get_marginal_ll(n_mc_samples=3, batch_size=16, rng=4)
+    assert isinstance(mean, float)
+    np.testing.assert_allclose(mean, expected.mean(), rtol=1e-6)
+    # the draws of the first minibatch are not those of one minibatch of every cell
+    assert not np.allclose(_marginal_by_hand(model, 4, 3), expected, rtol=1e-4)
+    # one draw is the first draw's weight, whatever the other draws
+    np.testing.assert_allclose(
+        model.get_marginal_ll(n_mc_samples=1, return_mean=False, rng=4),
+        _marginal_by_hand(model, 4, 1),
+        rtol=1e-6,
+    )
+
+
+def test_marginal_ll_of_one_modality_and_some_cells(multi):
+    model, _, _ = multi
+    idx = [12, 3, 30, 0]
+    out = model.get_marginal_ll(
+        n_mc_samples=2, indices=idx, modality="atac", return_mean=False, rng=9
+    )
+    prior = model.module.prior
+    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(9))
+        ((tensors, inf),) = list(
+            model._iter_inference(batch_size=BIG, use_modalities=("atac",), indices=idx)
+        )
+        qz = inf[MODULE_KEYS.QZ_KEY]
+        w = []
+        for z in (inf[MODULE_KEYS.Z_KEY], qz.sample()):
+            at = {**inf, MODULE_KEYS.Z_KEY: z}
+            gen = model.module.generative(**model.module._get_generative_input(tensors, at))
+            losses = model.module.loss(tensors, at, gen)
+            log_px = -sum(losses.reconstruction_loss.values())
+            w.append((log_px + prior.log_prob(z) - qz.log_prob(z).sum(-1)).double().numpy())
+    w = np.stack(w)
+    np.testing.assert_allclose(out, np.log(np.exp(w).mean(0)), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"^`modality='x'` is not one of"):
+        model.get_marginal_ll(n_mc_samples=1, modality="x")
+
+
+@torch.inference_mode()
+def _predictive_by_hand(
+    model, rng, n_samples, *, target, batch_size=BIG, use=None, code=None, data=None, indices=None
+):
+    blocks = [[] for _ in range(n_samples)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(rng))
+        for tensors, inf in model._iter_inference(
+            data, batch_size=batch_size, use_modalities=use, indices=indices
+        ):
+            qz = inf[MODULE_KEYS.QZ_KEY]
+            gen_in = model.module._get_generative_input(tensors, inf)
+            observed = inf[MODULE_KEYS.OBSERVED_KEY]
+            gen_in[MODULE_KEYS.LIBRARY_KEY] = {
+                m: torch.where(observed[m], lib, torch.nan)
+                for m, lib in inf[MODULE_KEYS.LIBRARY_KEY].items()
+            }
+            for s in range(n_samples):
+                gen_in[MODULE_KEYS.Z_KEY] = qz.sample()
+                gen = model.module.generative(**gen_in, transform_batch=code)
+                blocks[s].append(gen[target][MODULE_KEYS.PX_KEY].sample().numpy())
+    return np.concatenate([np.concatenate(b) for b in blocks])
+
+
+def test_predictive_sample_is_draws_of_the_module_in_sample_blocks(rna, multi):
+    model, _ = rna
+    out = model.posterior_predictive_sample(n_samples=3, batch_size=16, rng=2)
+    assert sparse.isspmatrix_csr(out) or isinstance(out, sparse.csr_array)
+    assert out.dtype == np.float32
+    expected = _predictive_by_hand(model, 2, 3, target="rna", batch_size=16)
+    assert expected.shape == (3 * N_CELLS, N_GENES)
+    np.testing.assert_array_equal(out.toarray(), expected)
+    assert (expected > 0).any()
+    # another rng, other draws; the three draws of a cell differ
+    other = model.posterior_predictive_sample(n_samples=3, batch_size=16, rng=3).toarray()
+    assert not np.array_equal(other, expected)
+    blocks = expected.reshape(3, N_CELLS, N_GENES)
+    assert not np.array_equal(blocks[0], blocks[1])
+    # under another batch
+    code = model._batch_code("batch_1")
+    np.testing.assert_array_equal(
+        model.posterior_predictive_sample(transform_batch="batch_1", rng=2).toarray(),
+        _predictive_by_hand(model, 2, 1, target="rna", code=code),
+    )
+    mmodel, _, _ = multi
+    # the default target is the first modality (RNA), from the joint posterior
+    np.testing.assert_array_equal(
+        mmodel.posterior_predictive_sample(rng=5).toarray(),
+        _predictive_by_hand(mmodel, 5, 1, target="rna"),
+    )
+    # peaks, from the RNA encoder alone (cells without RNA: the prior)
+    atac = mmodel.posterior_predictive_sample(target="atac", modality="rna", n_samples=2, rng=5)
+    np.testing.assert_array_equal(
+        atac.toarray(), _predictive_by_hand(mmodel, 5, 2, target="atac", use=("rna",))
+    )
+    with pytest.raises(
+        ValueError, match=r"^`target='protein'` is not one of \['rna', 'atac'\]\.$"
+    ):
+        mmodel.posterior_predictive_sample(target="protein")
+    with pytest.raises(ValueError, match=r"^`modality='both'` is not one of"):
+        mmodel.posterior_predictive_sample(modality="both")
+    with pytest.raises(ValueError, match=r"^`transform_batch='nope'` is not a training batch"):
+        mmodel.posterior_predictive_sample(transform_batch="nope")
+
+
+def test_library_size_factors_observed_or_predicted(multi, rna):
+    model, mdata, has = multi
+    tensors, inf = _one_batch(model)
+    with torch.inference_mode():
+        gen_in = model.module._get_generative_input(tensors, inf)
+        gen_in[MODULE_KEYS.Z_KEY] = inf[MODULE_KEYS.QZ_KEY].loc
+        gen = model.module.generative(**gen_in)
+    df = model.get_library_size_factors(batch_size=16)
+    assert list(df.columns) == ["rna", "atac"]
+    pd.testing.assert_index_equal(df.index, mdata.obs_names)
+    for m in ("rna", "atac"):
+        assert df[m].dtype == np.float64
+        observed = inf[MODULE_KEYS.LIBRARY_KEY][m].numpy()
+        predicted = gen[m][MODULE_KEYS.LIBRARY_KEY].loc.exp().numpy()
+        np.testing.assert_allclose(df[m].to_numpy()[has[m]], observed[has[m]], rtol=1e-6)
+        np.testing.assert_allclose(df[m].to_numpy()[~has[m]], predicted[~has[m]], rtol=1e-5)
+        assert (df[m].to_numpy()[~has[m]] > 0).all()
+        # the prediction is not the observed size where there is one
+        assert not np.allclose(predicted[has[m]], observed[has[m]], rtol=1e-2)
+    some = model.get_library_size_factors(indices=[30, 2])
+    assert list(some.index) == list(mdata.obs_names[[30, 2]])
+    np.testing.assert_allclose(some.to_numpy(), df.to_numpy()[[30, 2]], rtol=1e-6)
+    rmodel, adata = rna
+    new = adata[5:9].copy()
+    new.obs_names = [f"n{i}" for i in range(4)]
+    out = rmodel.get_library_size_factors(new, indices=[3, 0])
+    assert list(out.columns) == ["rna"]
+    assert list(out.index) == ["n3", "n0"]
+    np.testing.assert_allclose(
+        out["rna"].to_numpy(), np.asarray(adata.X[[8, 5]].sum(1)).ravel(), rtol=1e-6
+    )
+
+
+def test_region_factors_are_the_bernoulli_parameters(multi, multi_poisson):
+    model, _, _ = multi
+    decoder = model.module.decoders["atac"]
+    df = model.get_region_factors()
+    assert list(df.columns) == ["region_factor", "region_logit", "depth_response"]
+    pd.testing.assert_index_equal(df.index, model.feature_names["atac"])
+    logit = (decoder.head.bias + decoder.region_bias).detach().double().numpy()
+    np.testing.assert_allclose(df["region_logit"].to_numpy(), logit, rtol=1e-12)
+    np.testing.assert_allclose(
+        df["region_factor"].to_numpy(), torch.sigmoid(torch.from_numpy(logit)).numpy(), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        df["depth_response"].to_numpy(), decoder.region_depth.detach().double().numpy()
+    )
+    assert all(t == np.float64 for t in df.dtypes)
+    assert len(np.unique(df["depth_response"])) == N_PEAKS  # perturbed: not all ones
+    with pytest.raises(
+        ValueError,
+        match=r"^region factors are parameters of the Bernoulli ATAC likelihood; this model "
+        r"has `atac_likelihood='poisson'`\.$",
+    ):
+        multi_poisson[0].get_region_factors()
+
+
+@pytest.fixture(scope="module")
+def covariates():
+    adata = scgenvae.datasets.synthetic_rna(n_obs=N_CELLS, n_vars=N_GENES, rng=0)
+    adata.obs["depth"] = np.linspace(-1.0, 1.0, N_CELLS)
+    PoissonVAE.setup_anndata(
+        adata,
+        batch_key="batch",
+        categorical_covariate_keys=["group"],
+        continuous_covariate_keys=["depth"],
+    )
+    return _perturbed(PoissonVAE(adata, n_latent=3, n_hidden=8), 3), adata
+
+
+@torch.inference_mode()
+def _decoded_by_hand(model, z, *, code=None, cont_value=0.0):
+    """Shares of each modality at ``z`` under batch 0 (or ``code``), covariates 0."""
+    z = torch.as_tensor(z, dtype=torch.float32)
+    n = len(z)
+    dims = model._summary_dims()
+    cats = [torch.zeros(n, 1, dtype=torch.long) for _ in range(1 + len(dims["n_cats_per_cov"]))]
+    k = dims["n_continuous_cov"]
+    cont = torch.full((n, k), cont_value) if k else None
+    gen = model.module.generative(
+        z, None, cats, cont, transform_batch=code, observed_library=False
+    )
+    return {
+        m: model.module.modalities[m]
+        .head.predictive_mean(gen[m], unobserved_depth=torch.ones(n, dtype=torch.bool))
+        .numpy()
+        for m in model.module.modalities
+    }
+
+
+def test_decode_latent_is_the_decoder_at_those_points(rna, multi, covariates):
+    z = np.random.default_rng(0).normal(size=(5, 3))
+    for model in (rna[0], multi[0], covariates[0]):
+        out = model.decode_latent(z)
+        expected = _decoded_by_hand(model, z)
+        assert list(out) == list(model.module.modalities)
+        for m, v in out.items():
+            assert v.shape == (5, model.module.modalities[m].n_input)
+            np.testing.assert_allclose(v, expected[m], rtol=1e-6)
+        np.testing.assert_allclose(out["rna"].sum(1), 1.0, rtol=1e-5)
+        # in blocks of 2 points: the same
+        blocks = model.decode_latent(z.tolist(), batch_size=2)
+        for m, v in blocks.items():
+            np.testing.assert_allclose(v, out[m], rtol=1e-6)
+        under = model.decode_latent(z, transform_batch="batch_1")
+        code = torch.tensor([[1]])
+        np.testing.assert_allclose(
+            under["rna"], _decoded_by_hand(model, z, code=code)["rna"], rtol=1e-6
+        )
+        assert not np.allclose(under["rna"], out["rna"], rtol=1e-3)
+    # the covariates are decoded at zero: not at one
+    model = covariates[0]
+    assert not np.allclose(
+        model.decode_latent(z)["rna"], _decoded_by_hand(model, z, cont_value=1.0)["rna"]
+    )
+    model = multi[0]
+    assert (model.decode_latent(z)["atac"] < 1).all()
+    for bad in (np.zeros(3), np.zeros((2, 4)), np.zeros((2, 3, 1))):
+        with pytest.raises(
+            ValueError,
+            match=rf"^`z` must have shape \(points, 3\), got {re.escape(str(bad.shape))}\.$",
+        ):
+            model.decode_latent(bad)
+    with pytest.raises(ValueError, match=r"^`transform_batch='nope'` is not a training batch"):
+        model.decode_latent(z, transform_batch="nope")
+
+
+def test_decode_latent_of_an_untrained_model_is_refused():
+    adata = scgenvae.datasets.synthetic_rna(n_obs=N_CELLS, n_vars=N_GENES, rng=0)
+    PoissonVAE.setup_anndata(adata)
+    model = PoissonVAE(adata, n_latent=3, n_hidden=8)
+    with pytest.raises(RuntimeError, match="not trained|train"):
+        model.decode_latent(np.zeros((2, 3)))
+
+
+def test_expression_at_a_library_size(rna):
+    model, adata = rna
+    shares = model.get_normalized_expression(return_numpy=True)
+    out = model.get_normalized_expression(library_size=1e4, return_numpy=True)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, shares * 1e4, rtol=1e-6)
+    totals = np.asarray(adata.X.sum(1)).ravel()
+    assert len(np.unique(totals)) > 1
+    latent = model.get_normalized_expression(library_size="latent", return_numpy=True)
+    np.testing.assert_allclose(latent, shares * totals[:, None], rtol=1e-6)
+    some = model.get_normalized_expression(library_size="latent", indices=[7, 2], batch_size=1)
+    assert list(some.index) == list(adata.obs_names[[7, 2]])
+    np.testing.assert_allclose(some.to_numpy(), shares[[7, 2]] * totals[[7, 2], None], rtol=1e-6)
+    new = adata[10:14].copy()
+    new_out = model.get_normalized_expression(new, library_size="latent", indices=[3, 1])
+    np.testing.assert_allclose(
+        new_out.to_numpy(), shares[[13, 11]] * totals[[13, 11], None], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        model.get_normalized_expression(library_size="latent").to_numpy(), latent, rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("bad", [True, "0.5", 0, 0.0, -0.2, 1.5, np.float64(1.01), [0.5]])
+def test_threshold_must_be_a_number_in_the_unit_interval(multi, bad):
+    model, _, _ = multi
+    with pytest.raises(
+        ValueError,
+        match=r"^`threshold` must be a number in \(0, 1\] \(values below it are dropped\) or "
+        rf"None \(dense output\), got {re.escape(repr(bad))}\.$",
+    ):
+        model.get_accessibility_estimates(threshold=bad)
+
+
+def test_threshold_of_other_number_types(multi):
+    model, _, _ = multi
+    dense = model.get_accessibility_estimates(return_numpy=True)
+    for thr in (1, np.float32(0.5), 0.5):
+        csr = model.get_accessibility_estimates(threshold=thr, return_numpy=True)
+        assert csr.nnz == (dense >= np.float32(thr)).sum()
+
+
+def test_multi_expression_frames_and_arrays(multi):
+    model, mdata, _ = multi
+    arr = model.get_normalized_expression(return_numpy=True, batch_size=9)
+    assert isinstance(arr, np.ndarray)
+    df = model.get_normalized_expression(indices=[5, 1], gene_list=["gene_4", "gene_2"])
+    assert isinstance(df, pd.DataFrame)
+    assert list(df.index) == list(mdata.obs_names[[5, 1]])
+    assert list(df.columns) == ["gene_4", "gene_2"]
+    np.testing.assert_allclose(df.to_numpy(), arr[[5, 1]][:, [4, 2]], rtol=1e-5)
+    code = torch.tensor([[1]])
+    np.testing.assert_allclose(
+        model.get_normalized_expression(transform_batch="batch_1", return_numpy=True),
+        _expected(model, "rna", code=code),
+        rtol=1e-5,
+    )
+    acc = model.get_accessibility_estimates(return_numpy=True, batch_size=9)
+    assert isinstance(acc, np.ndarray)
+    sub = model.get_accessibility_estimates(indices=[5, 1], region_list=["peak_7", "peak_0"])
+    assert list(sub.index) == list(mdata.obs_names[[5, 1]])
+    np.testing.assert_allclose(sub.to_numpy(), acc[[5, 1]][:, [7, 0]], rtol=1e-5)
+
+
+def test_latent_of_new_data_in_minibatches_and_its_warning(multi, monkeypatch):
+    model, mdata, has = multi
+    full = model.get_latent_representation()
+    new = mdata[10:30].copy()
+    np.testing.assert_allclose(model.get_latent_representation(new), full[10:30], rtol=1e-5)
+    calls = _spy(monkeypatch, model.module, "inference")
+    n = int((~has["rna"]).sum())
+    with pytest.warns(UserWarning, match="cells have no") as record:
+        # the 6 cells without RNA are the last ones: 2 in the ninth minibatch, 4 in the tenth
+        z = model.get_latent_representation(modality="rna", batch_size=4)
+    assert _rows(calls, "x") == [4] * 10
+    assert len(record) == 1
+    assert str(record[0].message) == (
+        f"{n} of {N_CELLS} cells have no 'rna' data (absent from the modality, or no counts): "
+        "their latent representations are NaN, as they are computed from 'rna' alone. Use "
+        "`modality='joint'` for an estimate from what each cell has, or pass `indices` to "
+        "leave them out."
+    )
+    np.testing.assert_array_equal(np.isnan(z).all(1), ~has["rna"])
+
+
+def test_lacking_warning_of_several_modalities_and_its_text(multi):
+    model, _, _ = multi
+    with pytest.warns(UserWarning, match="cells have no") as record:
+        model._warn_lacking(3, 1234, ("rna", "atac"), "values")
+    assert record[0].category is UserWarning
+    assert str(record[0].message) == (
+        "3 of 1,234 cells have no 'rna' or 'atac' data (absent from the modality, or no "
+        "counts): their values are NaN, as they are computed from 'rna' or 'atac' alone. Use "
+        "`modality='joint'` for an estimate from what each cell has, or pass `indices` to "
+        "leave them out."
+    )
+
+
+def test_criticism_of_new_data_and_some_cells(rna, monkeypatch):
+    model, adata = rna
+    new = adata[10:30].copy()
+    out = model.get_marginal_ll(new, n_mc_samples=2, batch_size=6, return_mean=False, rng=3)
+    assert out.shape == (20,)
+    np.testing.assert_allclose(out, _marginal_by_hand(model, 3, 2, 6, data=new), rtol=1e-6)
+    rec = model.get_reconstruction_error(new, batch_size=6, return_mean=False, rng=3)["rna"]
+    losses = []
+    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(3))
+        for tensors, inf in model._iter_inference(new, batch_size=6):
+            gen = model.module.generative(**model.module._get_generative_input(tensors, inf))
+            losses.append(model.module.loss(tensors, inf, gen).reconstruction_loss["rna"])
+    np.testing.assert_allclose(rec, torch.cat(losses).numpy(), rtol=1e-5)
+    some, _ = _losses(model, 8, indices=[9, 2, 31])
+    np.testing.assert_allclose(
+        model.get_reconstruction_error(indices=[9, 2, 31], return_mean=False, rng=8)["rna"],
+        some.reconstruction_loss["rna"].numpy(),
+        rtol=1e-5,
+    )
+    calls = _spy(monkeypatch, model.module, "inference")
+    model.get_reconstruction_error(batch_size=16)
+    assert _rows(calls, "x") == [16, 16, 8]
+    draws = model.posterior_predictive_sample(new, indices=[4, 0], n_samples=2, rng=1)
+    assert draws.shape == (4, N_GENES)
+    by_hand = _predictive_by_hand(model, 1, 2, target="rna", data=new, indices=[4, 0])
+    np.testing.assert_array_equal(draws.toarray(), by_hand)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.get_marginal_ll(n_mc_samples=1),
+        lambda m: m.posterior_predictive_sample(),
+        lambda m: m.get_library_size_factors(),
+        lambda m: m.get_latent_representation(),
+    ],
+)
+def test_untrained_model_is_refused_by_every_getter(call):
+    adata = scgenvae.datasets.synthetic_rna(n_obs=N_CELLS, n_vars=N_GENES, rng=0)
+    PoissonVAE.setup_anndata(adata)
+    model = PoissonVAE(adata, n_latent=3, n_hidden=8)
+    with pytest.raises(RuntimeError, match="not trained|train"):
+        call(model)
+
+
+def test_untrained_multi_model_has_no_region_factors():
+    mdata = scgenvae.datasets.synthetic_multiome(
+        n_obs=N_CELLS, n_genes=N_GENES, n_peaks=N_PEAKS, rng=0
+    )
+    MultiVAE.setup_mudata(mdata)
+    model = MultiVAE(mdata, n_latent=3, n_hidden=8)
+    with pytest.raises(RuntimeError, match="not trained|train"):
+        model.get_region_factors()
+
+
+def test_multi_getters_of_new_data(multi):
+    model, mdata, _ = multi
+    expr = model.get_normalized_expression(return_numpy=True)
+    acc = model.get_accessibility_estimates(return_numpy=True)
+    new = mdata[10:30].copy()
+    df = model.get_normalized_expression(new, indices=[3, 1], gene_list=["gene_5"])
+    assert list(df.index) == list(mdata.obs_names[[13, 11]])
+    np.testing.assert_allclose(df.to_numpy(), expr[[13, 11]][:, [5]], rtol=1e-5)
+    np.testing.assert_allclose(
+        model.get_normalized_expression(new, return_numpy=True), expr[10:30], rtol=1e-5
+    )
+    df = model.get_accessibility_estimates(new, indices=[3, 1], region_list=["peak_9"])
+    assert list(df.index) == list(mdata.obs_names[[13, 11]])
+    np.testing.assert_allclose(df.to_numpy(), acc[[13, 11]][:, [9]], rtol=1e-5)
+    np.testing.assert_allclose(
+        model.get_accessibility_estimates(new, return_numpy=True), acc[10:30], rtol=1e-5
+    )
+    with pytest.raises(ValueError, match=r"^1 names of `gene_list` are not rna features"):
+        model.get_normalized_expression(gene_list=["nope"])
+
+
+def test_accessibility_under_the_old_modality_name(multi):
+    model, _, _ = multi
+    with pytest.warns(UserWarning, match="cells have no"):
+        expected = model.get_accessibility_estimates(modality="rna", return_numpy=True)
+    with (
+        pytest.warns(UserWarning, match="cells have no"),
+        pytest.warns(FutureWarning, match=r"^`use_modality` is now `modality`"),
+    ):
+        old = model.get_accessibility_estimates(use_modality="rna", return_numpy=True)
+    np.testing.assert_array_equal(old, expected)
+
+
+def test_sizes_of_new_cells_chosen_by_name(rna, monkeypatch):
+    model, adata = rna
+    new = adata[5:9].copy()
+    new.obs_names = [f"n{i}" for i in range(4)]
+    totals = np.asarray(adata.X[[8, 5]].sum(1)).ravel()
+    sizes = model.get_library_size_factors(new, indices=["n3", "n0"])
+    assert list(sizes.index) == ["n3", "n0"]
+    np.testing.assert_allclose(sizes["rna"].to_numpy(), totals, rtol=1e-6)
+    shares = model.get_normalized_expression(return_numpy=True)[[8, 5]]
+    latent = model.get_normalized_expression(
+        new, library_size="latent", indices=["n3", "n0"], return_numpy=True
+    )
+    np.testing.assert_allclose(latent, shares * totals[:, None], rtol=1e-5)
+    calls = _spy(monkeypatch, model.module, "inference")
+    model.get_library_size_factors(batch_size=16)
+    assert _rows(calls, "x") == [16, 16, 8]
