@@ -15,6 +15,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from scgenvae._constants import MODULE_KEYS
+from scgenvae.distributions import FactorisedBernoulli
 from scgenvae.module import (
     HEADS,
     BernoulliHead,
@@ -443,3 +444,72 @@ def test_predictive_mean_at_least_is_the_thresholded_dense_mean(head, depth):
         expected = np.where(dense.numpy() >= threshold, dense.numpy(), 0.0)
         np.testing.assert_allclose(got, expected, rtol=1e-6)
         assert len(vals) == int((dense >= threshold).sum())
+
+
+def _bernoulli_decoded(logits: np.ndarray, *, sd: float, region_depth: np.ndarray):
+    """A BernoulliHead output with the given logits (cells x peaks) at observed depth 0 and a
+    depth distribution of scale ``sd``: ``h`` is one-hot per cell, ``W`` holds the logits."""
+    n, p = logits.shape
+    px = FactorisedBernoulli(
+        torch.eye(n),
+        torch.as_tensor(logits.T, dtype=torch.float32).contiguous(),
+        torch.zeros(p),
+        torch.zeros(n, 1),
+        torch.as_tensor(region_depth, dtype=torch.float32),
+    )
+    pl = Normal(torch.zeros(n), torch.full((n,), sd))
+    return {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: pl}
+
+
+def _sparse_at_least(head, decoded, threshold, flags, shape):
+    rows, cols, vals = head.predictive_mean_at_least(decoded, threshold, unobserved_depth=flags)
+    return sparse.csr_matrix(
+        (vals.detach().numpy(), (rows.numpy(), cols.numpy())), shape=shape
+    ).toarray()
+
+
+@pytest.mark.parametrize("sd", [0.3, 2.0, 4.0])
+def test_bernoulli_at_least_keeps_entries_lifted_by_a_wide_depth_distribution(sd):
+    """With a wide p(log depth | z) (sd > 1) the quadrature lifts logits far below the
+    threshold's above it: the skip bound must grow with sd (logit + max|node| * sd * |rd|)."""
+    logits = np.linspace(-10.0, 2.0, 7 * 9).reshape(7, 9)
+    rd = np.linspace(-1.5, 1.5, 9)
+    decoded = _bernoulli_decoded(logits, sd=sd, region_depth=rd)
+    head = BernoulliHead()
+    flags = torch.ones(7, dtype=torch.bool)
+    dense = head.predictive_mean(decoded, unobserved_depth=flags).numpy()
+    lifted = (dense >= 0.05) & (logits < np.log(0.05 / 0.95))
+    if sd > 1:
+        assert lifted.sum() >= 5  # the case the bound is for is present
+    for threshold in (0.05, 0.2, float(np.sort(dense.ravel())[-20])):
+        got = _sparse_at_least(head, decoded, threshold, flags, dense.shape)
+        np.testing.assert_allclose(got, np.where(dense >= threshold, dense, 0.0), rtol=1e-6)
+
+
+def test_bernoulli_at_least_keeps_entries_just_above_the_threshold():
+    """At observed depth (no quadrature) the bound equals the logit: entries a hair above
+    logit(threshold) must be kept, a hair below dropped (the margin never loses one)."""
+    head = BernoulliHead()
+    for threshold in (0.02, 0.3, 0.5, 0.9):
+        lt = np.log(threshold / (1 - threshold))
+        logits = (lt + np.array([[-2e-3, -2e-4, 2e-4, 5e-4, 9e-4, 2e-3]])).astype(np.float32)
+        decoded = _bernoulli_decoded(logits, sd=1.0, region_depth=np.ones(6))
+        flags = torch.zeros(1, dtype=torch.bool)  # depth observed: sd 0
+        dense = head.predictive_mean(decoded, unobserved_depth=flags).numpy()
+        assert (dense >= threshold).sum() >= 3
+        got = _sparse_at_least(head, decoded, threshold, flags, dense.shape)
+        np.testing.assert_array_equal(got != 0, dense >= threshold)
+
+
+def test_bernoulli_at_least_threshold_one_keeps_every_probability_that_rounds_to_one():
+    """threshold=1 (allowed by the getters) keeps the entries whose predictive mean is 1.0 in
+    float32, as thresholding the dense mean does: sigmoid rounds to 1 from logit ~17."""
+    head = BernoulliHead()
+    logits = np.array([[5.0, 14.0, 18.0, 20.0, 25.0, 29.0, 31.0, 40.0]])
+    for unseen in (False, True):
+        decoded = _bernoulli_decoded(logits, sd=0.5, region_depth=np.ones(8))
+        flags = torch.full((1,), unseen)
+        dense = head.predictive_mean(decoded, unobserved_depth=flags).numpy()
+        assert (dense >= 1.0).sum() >= 4
+        got = _sparse_at_least(head, decoded, 1.0, flags, dense.shape)
+        np.testing.assert_array_equal(got, np.where(dense >= 1.0, dense, 0.0))

@@ -172,6 +172,17 @@ def test_gumbel_softmax_sample_is_finite_when_the_uniform_draw_is_zero(monkeypat
     torch.testing.assert_close(out, torch.full((2, 3), 1 / 3))
 
 
+def test_gumbel_softmax_hard_sample_has_every_cluster_column():
+    """hard=True gives one column per cluster even when no row picks the last cluster."""
+    from scgenvae.module import gumbel_softmax_sample
+
+    logits = torch.tensor([[9.0, 0.0, 0.0, -30.0], [0.0, 9.0, 0.0, -30.0]])
+    out = gumbel_softmax_sample(logits, 0.5, hard=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 4)
+    torch.testing.assert_close(out.sum(-1), torch.ones(2))
+    assert out[:, 3].abs().max() < 1e-6
+
+
 def test_mixture_prior_defaults_and_fixed_initial_means():
     assert not GaussianMixturePrior(2, 3).straight_through  # two clusters are allowed
     torch.manual_seed(1)

@@ -344,8 +344,11 @@ class BernoulliHead(LikelihoodHead):
         sd = sd * unobserved_depth.reshape(-1, 1)
         base = px.logits
         bound = torch.addcmul(base, float(np.abs(_GH_NODES).max()) * sd, px.region_depth.abs())
-        # a margin in logit space: rounding can only add candidates, never lose one
-        cut = float(np.log(threshold / (1.0 - threshold))) - 1e-3 if threshold < 1 else 30.0
+        # within 16 ulps of 1 the average of the terms rounds to 1 in the logits' dtype (float32:
+        # from logit 13 on), so a threshold of 1 keeps every entry above that; and a margin in
+        # logit space: rounding can only add candidates, never lose one
+        top = min(threshold, 1.0 - 16 * torch.finfo(base.dtype).eps)
+        cut = float(np.log(top / (1.0 - top))) - 1e-3
         rows, cols = (bound >= cut).nonzero(as_tuple=True)
         del bound
         probs = _quadrature(base[rows, cols], sd[rows, 0], px.region_depth[cols])
