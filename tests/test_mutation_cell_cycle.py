@@ -24,6 +24,7 @@ from scgenvae.datasets._cell_cycle import synthetic_cell_cycle
 from scgenvae.tl import (
     align_cell_cycle,
     cell_cycle_direction,
+    circular_correlation,
     circular_distance,
     marker_peaks,
     score_cell_cycle,
@@ -149,11 +150,15 @@ def test_get_scores_of_anndata_and_mudata_modality():
     ref = score_cell_cycle(rna, copy=True, rng=0).obs
     np.testing.assert_array_equal(s, ref["S_score"])
     np.testing.assert_array_equal(g, ref["G2M_score"])
+    assert np.ptp(s) > 0
+    assert np.ptp(g) > 0
     # MuData: scores of mod[modality], aligned with the MuData's cells
     other = ad.AnnData(
         np.ones((rna.n_obs, 2), dtype=np.float32), obs=pd.DataFrame(index=rna.obs_names)
     )
-    mdata = md.MuData({"rna": rna[::-1].copy(), "other": other})
+    # the other modality first: the MuData lists the cells in its order, not rna's
+    mdata = md.MuData({"other": other, "rna": rna[::-1].copy()})
+    assert not mdata.obs_names.equals(mdata.mod["rna"].obs_names)
     s2, g2, scored2 = _get_scores(
         mdata, s_score_key="S_score", g2m_score_key="G2M_score", modality="rna",
         score_kwargs=kwargs, rng=0,
@@ -200,12 +205,106 @@ def test_get_library_sources():
     other = ad.AnnData(
         np.ones((rna.n_obs, 2), dtype=np.float32), obs=pd.DataFrame(index=rna.obs_names)
     )
-    mdata = md.MuData({"rna": rna[::-1].copy(), "other": other})
+    # the other modality first: the MuData lists the cells in its order, not rna's
+    mdata = md.MuData({"other": other, "rna": rna[::-1].copy()})
+    assert not mdata.obs_names.equals(mdata.mod["rna"].obs_names)
     order = pd.Index(rna.obs_names).get_indexer(mdata.obs_names)
     np.testing.assert_array_equal(_get_library(mdata, None, "rna", None), totals[order])
     assert _get_library(mdata, None, "atac", None) is None
     empty = ad.AnnData(np.zeros((rna.n_obs, 0), dtype=np.float32), obs=rna.obs[[]])
     assert _get_library(empty, None, "rna", None) is None
+
+
+def test_get_scores_coerces_non_numbers_in_either_column():
+    adata, _, _ = _ellipse(n=12, d=3)
+    adata.obs["G2M_score"] = adata.obs["G2M_score"].astype(object)
+    adata.obs.loc["c2", "G2M_score"] = "n/a"
+    s, g, scored = _get_scores(
+        adata, s_score_key="S_score", g2m_score_key="G2M_score", modality="rna",
+        score_kwargs={}, rng=0,
+    )  # fmt: skip
+    assert scored is False
+    assert np.isnan(g[2])
+    assert np.isfinite(np.delete(g, 2)).all()
+    np.testing.assert_array_equal(s, adata.obs["S_score"])
+
+
+def _spy_scoring(monkeypatch):
+    """Replace score_cell_cycle by a spy that records its arguments and returns known
+    scores (S = the cell's number, G2/M = its negative)."""
+    from scgenvae.tl import _cell_cycle
+
+    calls = []
+
+    def spy(data, **kwargs):
+        calls.append((data, kwargs))
+        out = data.copy()
+        number = np.array([float(name[1:]) for name in out.obs_names])
+        out.obs["S_score"] = number
+        out.obs["G2M_score"] = -number
+        return out
+
+    monkeypatch.setattr(_cell_cycle, "score_cell_cycle", spy)
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["anndata", "mudata"])
+def test_get_scores_passes_the_seed_and_the_scoring_options(monkeypatch, kind):
+    md.set_options(pull_on_update=False)
+    calls = _spy_scoring(monkeypatch)
+    adata, _, _ = _ellipse(n=12, d=3)
+    del adata.obs["S_score"], adata.obs["G2M_score"]
+    data = adata
+    if kind == "mudata":
+        other = ad.AnnData(np.ones((12, 1), dtype=np.float32), obs=adata.obs[[]])
+        data = md.MuData({"other": other, "rna": adata[::-1].copy()})
+    kwargs = {"organism": "mouse", "gene_symbols": "symbol", "layer": "counts"}
+    gen = np.random.default_rng(5)
+    s, g, scored = _get_scores(
+        data, s_score_key="S_score", g2m_score_key="G2M_score", modality="rna",
+        score_kwargs=kwargs, rng=gen,
+    )  # fmt: skip
+    assert scored is True
+    ((called, got),) = calls
+    assert got == {"copy": True, "rng": gen, **kwargs}
+    assert called is (data.mod["rna"] if kind == "mudata" else data)
+    number = np.array([float(name[1:]) for name in data.obs_names])
+    np.testing.assert_array_equal(s, number)  # aligned with the cells of `data`
+    np.testing.assert_array_equal(g, -number)
+
+
+def test_align_passes_its_seed_and_options_to_the_scoring(monkeypatch):
+    calls = _spy_scoring(monkeypatch)
+    adata, theta, _ = _ellipse(n=40, d=3)
+    del adata.obs["S_score"], adata.obs["G2M_score"]
+    adata.obs_names = [f"c{i}" for i in range(40)]
+    # the spy's S score (the cell's number) is a monotone function of theta: a valid marker
+    gen = np.random.default_rng(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the direction may be weak
+        align_cell_cycle(
+            adata, use_rep="X_rep", rng=gen, organism="mouse", gene_symbols="sym", layer="lay"
+        )
+    ((_, got),) = calls
+    assert got == {
+        "copy": True, "rng": gen, "organism": "mouse", "gene_symbols": "sym", "layer": "lay"
+    }  # fmt: skip
+
+
+def test_get_library_of_a_single_feature_modality():
+    one = ad.AnnData(
+        sp.csr_matrix(np.array([[3.0], [0.0], [7.0]], dtype=np.float32)),
+        obs=pd.DataFrame(index=["a", "b", "c"]),
+    )
+    np.testing.assert_array_equal(_get_library(one, None, "rna", None), [3.0, 0.0, 7.0])
+
+
+def test_direction_details_single_bootstrap_resample():
+    adata, theta, _ = _ellipse(n=30, d=3)
+    s, g = adata.obs["S_score"].to_numpy(), adata.obs["G2M_score"].to_numpy()
+    out = _direction_details(theta, s, g, None, n_boot=1, rng=0)
+    assert out["confidence"] in (0.0, 1.0)
+    assert np.isnan(_direction_details(theta, s, g, None, n_boot=0, rng=0)["confidence"])
 
 
 # ---------------------------------------------------------------------------- ellipse geometry
@@ -233,6 +332,13 @@ def test_project_on_ellipse_points_on_it_and_off_it():
     assert circular_distance(_project_on_ellipse(on[:300], ax_cos, ax_sin), t[:300]).max() < (
         0.1 * np.radians(0.5)
     )
+
+
+def test_project_on_ellipse_of_no_size_takes_the_grid_minimum():
+    """An ellipse shrunk to its centre: every grid point is as far as the next (a flat
+    minimum, no parabola), so the angle is the grid point found (0), not shifted."""
+    got = _project_on_ellipse(np.ones((3, 2)), np.zeros(2), np.zeros(2))
+    np.testing.assert_array_equal(got, np.zeros(3))
 
 
 def test_plane_basis_and_its_collapse():
@@ -782,14 +888,9 @@ def test_align_bootstrap_uses_rng_0_by_default():
     assert out[None] == out[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_initial_angle completes the marker plane with the principal component whose part "
-    "orthogonal to the first direction is longest, not with the leading one: when S and G2/M "
-    "peak half a cycle apart off the major axis it picks a noise dimension (the ellipse fit "
-    "still recovers on clean rings, in more iterations)",
-)
 def test_initial_angle_opposite_peaks_off_the_major_axis():
+    """S and G2/M half a cycle apart off the major axis: the plane is completed with the
+    leading direction of the cells orthogonal to the marker direction, not a noise PC."""
     adata, theta, _ = _ellipse(
         n=200, d=6, a=3.0, b=2.0, s_peak=0.3, g2m_peak=0.3 + np.pi, noise=0.2
     )
@@ -821,11 +922,8 @@ def test_align_summaries_by_hand_on_a_small_noisy_ring_with_a_constant_dimension
     assert u["best_dim"] == int(np.argmax(expected))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a dimension without variance gets dim_corr 1 (1 - 0/1): it carries none of the cycle",
-)
 def test_align_constant_dimension_has_no_cycle_correlation():
+    """A dimension without variance carries none of the cycle: dim_corr 0, not 1 - 0/1."""
     adata, _, _ = _ellipse(n=40, d=3, seed=7)
     adata.obsm["X_rep"] = np.concatenate([np.full((40, 1), 2.0), adata.obsm["X_rep"]], axis=1)
     align_cell_cycle(adata, use_rep="X_rep")
@@ -856,3 +954,75 @@ def test_align_small_ellipse_axes_and_a_library_of_one_count():
     u = adata.uns["cell_cycle"]
     assert u["library_used"] is True
     assert u["rotation"][:, 1] @ u["ellipse_sin"] > 0
+
+
+def test_align_weak_direction_warning_reports_the_bootstrap_share(monkeypatch):
+    from scgenvae.tl import _cell_cycle
+
+    real = _cell_cycle._direction_details
+
+    def weak(*args, **kwargs):
+        return {**real(*args, **kwargs), "confidence": 0.625, "weak": True}
+
+    monkeypatch.setattr(_cell_cycle, "_direction_details", weak)
+    adata, _, _ = _ellipse(n=40, d=3)
+    with pytest.warns(UserWarning, match=r"\(62% of 200 bootstrap resamples of the cells agree"):
+        align_cell_cycle(adata, use_rep="X_rep")
+    assert adata.uns["cell_cycle"]["direction_confidence"] == 0.625
+
+
+def test_align_origin_gets_the_s_peak_of_the_oriented_angle(monkeypatch):
+    """The S peak handed to ``_origin`` (its fall-back) is the peak before the origin shift."""
+    from scgenvae.tl import _cell_cycle
+
+    seen = []
+    real = _cell_cycle._origin
+
+    def spy(grid, prof_s, prof_g, s_peak):
+        seen.append((s_peak, real(grid, prof_s, prof_g, s_peak)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(_cell_cycle, "_origin", spy)
+    adata, _, _ = _ellipse(n=60, d=3, seed=3)
+    align_cell_cycle(adata, use_rep="X_rep")
+    ((s_peak, zero),) = seen
+    assert isinstance(s_peak, float)
+    assert float(wrap_angle(s_peak - zero)) == pytest.approx(adata.uns["cell_cycle"]["s_peak"])
+
+
+def test_align_rotation_does_not_depend_on_the_sign_of_the_plane_basis(monkeypatch):
+    """QR's basis of the ellipse plane has an arbitrary sign; axis 2 of the rotation is
+    flipped to turn with the angle whichever sign LAPACK returns."""
+    from scgenvae.tl import _cell_cycle
+
+    adata, _, _ = _ellipse(n=60, d=4, seed=4)
+    ref = align_cell_cycle(adata, use_rep="X_rep", copy=True)
+    real = _cell_cycle._plane_basis
+    monkeypatch.setattr(_cell_cycle, "_plane_basis", lambda a, b: real(a, b) * [1.0, -1.0])
+    flipped = align_cell_cycle(adata, use_rep="X_rep", copy=True)
+    np.testing.assert_allclose(
+        flipped.obs["cell_cycle_angle"], ref.obs["cell_cycle_angle"], atol=1e-9
+    )
+    np.testing.assert_allclose(
+        flipped.uns["cell_cycle"]["rotation"][:, :2],
+        ref.uns["cell_cycle"]["rotation"][:, :2],
+        atol=1e-9,
+    )
+
+
+def test_align_with_fewer_cells_than_dimensions():
+    """12 cells in 20 dimensions (a small subset of a wide latent): the rotation is still a
+    full orthonormal basis and the ring is found."""
+    adata, theta, _ = _ellipse(n=12, d=20, a=3.0, b=1.0, noise=0.05, seed=1)
+    align_cell_cycle(adata, use_rep="X_rep")
+    rot = adata.uns["cell_cycle"]["rotation"]
+    assert rot.shape == (20, 20)
+    np.testing.assert_allclose(rot.T @ rot, np.eye(20), atol=1e-10)
+    rotated = adata.obsm["X_rep_cycle"]
+    x = adata.obsm["X_rep"] - adata.obsm["X_rep"].mean(0)
+    np.testing.assert_allclose(rotated, x @ rot, atol=1e-10)
+    # the rest of the rotation: the complement's principal axes, by decreasing variance
+    var = (rotated[:, 2:] ** 2).sum(0)
+    assert (np.diff(var) <= 1e-12).all()
+    angle = adata.obs["cell_cycle_angle"].to_numpy()
+    assert abs(circular_correlation(angle, theta)) > 0.95

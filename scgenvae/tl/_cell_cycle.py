@@ -189,21 +189,21 @@ def _fit_ellipse(
 
 def _initial_angle(x: np.ndarray, s: np.ndarray, g: np.ndarray, init: str) -> np.ndarray:
     """Starting angle: the marker-predictive plane (``"markers"``) or the top two PCs (``"pca"``)."""
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
     if init == "markers":
         y = np.stack([_robust_z(s), _robust_z(g)], axis=1)
         lam = 1e-3 * np.trace(x.T @ x) / x.shape[1]
         w = np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y)  # d x 2
         w = w / np.maximum(np.linalg.norm(w, axis=0, keepdims=True), 1e-300)
         # S and G2/M often peak half a cycle apart: then both directions nearly coincide and
-        # the plane is completed with the leading PC orthogonal to the first
+        # the plane is completed with the leading PC of the cells orthogonal to the first
+        # (the direction of most variance there, not the PC least aligned with the first)
         q, r = np.linalg.qr(w)
         if abs(r[1, 1]) < 0.3:
-            u = vt.T - np.outer(q[:, 0], q[:, 0] @ vt.T)
-            k = int(np.argmax(np.linalg.norm(u, axis=0)))
-            q = np.linalg.qr(np.stack([q[:, 0], u[:, k]], axis=1))[0]
+            first = q[:, 0]
+            _, _, vt = np.linalg.svd(x - np.outer(x @ first, first), full_matrices=False)
+            q = np.stack([first, vt[0]], axis=1)
     else:
-        q = vt[:2].T
+        q = np.linalg.svd(x, full_matrices=False)[2][:2].T
     p = x @ q
     p = p / np.maximum(p.std(0), 1e-300)
     return wrap_angle(np.arctan2(p[:, 1], p[:, 0]))
@@ -639,7 +639,8 @@ def align_cell_cycle(
     full = np.linalg.qr(np.concatenate([plane, np.eye(x.shape[1])], axis=1))[0]
     rest = full[:, 2 : x.shape[1]]
     if rest.shape[1]:
-        _, _, vt = np.linalg.svd(x @ rest, full_matrices=False)
+        # all d - 2 directions, also with fewer cells than dimensions
+        _, _, vt = np.linalg.svd(x @ rest, full_matrices=True)
         rest = rest @ vt.T
     rotation = np.concatenate([plane, rest], axis=1)
     # major axis of the ellipse
@@ -655,7 +656,8 @@ def align_cell_cycle(
     resid_c = x - fitted
     cycle_r2 = float(1.0 - (resid_c**2).sum() / total_var) if total_var > 0 else 0.0
     ss = (x**2).sum(0)
-    dim_r2 = 1.0 - (resid_c**2).sum(0) / np.where(ss > 0, ss, 1.0)
+    # a dimension without variance carries none of the cycle: r = 0 (not 1 - 0/0)
+    dim_r2 = np.where(ss > 0, 1.0 - (resid_c**2).sum(0) / np.where(ss > 0, ss, 1.0), 0.0)
     dim_corr = np.sqrt(np.clip(dim_r2, 0.0, 1.0))
     best_dim = int(np.argmax(dim_corr))
 
