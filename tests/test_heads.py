@@ -513,3 +513,55 @@ def test_bernoulli_at_least_threshold_one_keeps_every_probability_that_rounds_to
         assert (dense >= 1.0).sum() >= 4
         got = _sparse_at_least(head, decoded, 1.0, flags, dense.shape)
         np.testing.assert_array_equal(got, np.where(dense >= 1.0, dense, 0.0))
+
+
+def test_bernoulli_at_least_column_bound_is_tight_when_h_is_parallel_to_the_loadings():
+    """|h| |W_j| bounds h . W_j with equality when h is parallel to W_j, and the depth term
+    is largest at the deepest cell for rd > 0, the shallowest for rd < 0: peaks whose only
+    logit above the threshold is reached that way must still be decoded and kept."""
+    head = BernoulliHead()
+    for threshold in (0.1, 0.5, 0.8):
+        lt = float(np.log(threshold / (1 - threshold)))
+        h = torch.tensor([[3.0, 4.0], [-4.0, 3.0], [0.3, 0.4]])  # |h| 5, 5, 0.5
+        w = torch.tensor([[0.6, 0.8], [-0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+        depth = torch.tensor([[0.5], [-0.7], [0.0]])
+        rd = torch.tensor([1.0, -1.0, 0.5, 0.0])
+        # peak 0: row 0 parallel, depth term +0.5; peak 1: row 1 parallel, depth term +0.7;
+        # peak 2: below the threshold everywhere; peak 3: above it everywhere
+        bias = torch.tensor([lt - 5.5 + 2e-4, lt - 5.7 + 2e-4, lt - 5.5 - 1e-2, lt + 4.5 + 2e-4])
+        px = FactorisedBernoulli(h, w, bias, depth, rd)
+        decoded = {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(3), 1.0)}
+        flags = torch.zeros(3, dtype=torch.bool)  # depth observed, sd 0: sigmoid(logit)
+        dense = head.predictive_mean(decoded, unobserved_depth=flags).numpy()
+        assert dense[0, 0] >= threshold
+        assert dense[1, 1] >= threshold
+        assert (dense[:, 2] < threshold).all()
+        got = _sparse_at_least(head, decoded, threshold, flags, dense.shape)
+        np.testing.assert_array_equal(got, np.where(dense >= threshold, dense, 0.0))
+        # a positive bias with a small |h|: the bound adds the bias, it does not subtract it
+        px = FactorisedBernoulli(h[2:], w[3:], bias[3:] - 5.0, torch.zeros(1, 1), rd[3:])
+        decoded = {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(1), 1.0)}
+        flags = torch.zeros(1, dtype=torch.bool)
+        dense = head.predictive_mean(decoded, unobserved_depth=flags).numpy()
+        assert dense[0, 0] >= threshold
+        got = _sparse_at_least(head, decoded, threshold, flags, dense.shape)
+        np.testing.assert_array_equal(got, dense)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.6, 0.95])
+def test_bernoulli_at_least_from_one_half_up_the_depth_spread_never_lifts(threshold):
+    """From threshold 1/2 up the bound is the logit itself (each symmetric pair of nodes
+    averages to between sigmoid(logit) and 1/2), whatever the depth sd: the sparse result
+    is still the thresholded dense mean, with logits just above and below logit(threshold)."""
+    lt = np.log(threshold / (1 - threshold))
+    logits = lt + np.linspace(-3.0, 3.0, 6 * 11).reshape(6, 11)
+    logits[:, 0] = lt + 1e-4
+    rd = np.linspace(-2.0, 2.0, 11)
+    head = BernoulliHead()
+    for sd in (0.01, 1.0, 5.0):
+        decoded = _bernoulli_decoded(logits, sd=sd, region_depth=rd)
+        flags = torch.ones(6, dtype=torch.bool)
+        dense = head.predictive_mean(decoded, unobserved_depth=flags).numpy()
+        got = _sparse_at_least(head, decoded, threshold, flags, dense.shape)
+        np.testing.assert_allclose(got, np.where(dense >= threshold, dense, 0.0), rtol=1e-6)
+        assert (got > 0).sum() >= 6

@@ -329,11 +329,13 @@ class BernoulliHead(LikelihoodHead):
         return _quadrature(px.logits, sd, px.region_depth)
 
     def predictive_mean_at_least(self, decoded, threshold, *, unobserved_depth=None):
-        """As the base class, computing the quadrature only where it can reach ``threshold``.
+        """As the base class, computing only the entries that can reach ``threshold``.
 
         Each quadrature term is ``sigmoid(logit + node * sd * region_depth)``, so the average
-        is at most ``sigmoid(logit + max|node| * sd * |region_depth|)``: entries whose bound is
-        below ``threshold`` (most peaks, most cells) are dropped without being computed.
+        is at most ``sigmoid(logit + max|node| * sd * |region_depth|)``, and at most
+        ``sigmoid(logit)`` when it is 1/2 or more. Peaks that no cell of the rows can lift to
+        ``threshold`` (bounding ``h . W_j`` by ``|h| |W_j|``) are not decoded, and the
+        quadrature runs only for entries whose bound reaches it.
         """
         px = decoded[MODULE_KEYS.PX_KEY]
         if unobserved_depth is None or not isinstance(px, FactorisedBernoulli):
@@ -342,18 +344,35 @@ class BernoulliHead(LikelihoodHead):
             )
         sd = decoded[MODULE_KEYS.LIBRARY_KEY].scale.reshape(-1, 1)
         sd = sd * unobserved_depth.reshape(-1, 1)
-        base = px.logits
-        bound = torch.addcmul(base, float(np.abs(_GH_NODES).max()) * sd, px.region_depth.abs())
+        # Each pair of nodes +-a (equal weights) averages sigmoid(l + a) and sigmoid(l - a),
+        # which lies between sigmoid(l) and 1/2: the spread only lifts logits below 0. So from
+        # threshold 1/2 up an entry needs logit >= logit(threshold) itself; below 1/2 it needs
+        # logit + max|node| * sd * |region_depth| >= logit(threshold).
+        spread = float(np.abs(_GH_NODES).max()) if threshold < 0.5 else 0.0
         # within 16 ulps of 1 the average of the terms rounds to 1 in the logits' dtype (float32:
         # from logit 13 on), so a threshold of 1 keeps every entry above that; and a margin in
         # logit space: rounding can only add candidates, never lose one
-        top = min(threshold, 1.0 - 16 * torch.finfo(base.dtype).eps)
+        top = min(threshold, 1.0 - 16 * torch.finfo(px.h.dtype).eps)
         cut = float(np.log(top / (1.0 - top))) - 1e-3
+        # peaks that no row can bring to the cut are not computed at all: h . W_j is at most
+        # |h| |W_j| (Cauchy-Schwarz; 1e-4 covers the float32 rounding of the dot products)
+        rd = px.region_depth
+        depth = px.depth.reshape(-1)
+        reach = (
+            px.h.norm(dim=-1).max() * px.weight.norm(dim=-1) * (1 + 1e-4)
+            + px.bias
+            + torch.maximum(rd * depth.max(), rd * depth.min())
+            + spread * sd.max() * rd.abs()
+        )
+        peaks = (reach >= cut).nonzero(as_tuple=True)[0]
+        base = px._columns(peaks)
+        rd = rd.index_select(0, peaks)
+        bound = torch.addcmul(base, spread * sd, rd.abs())
         rows, cols = (bound >= cut).nonzero(as_tuple=True)
         del bound
-        probs = _quadrature(base[rows, cols], sd[rows, 0], px.region_depth[cols])
+        probs = _quadrature(base[rows, cols], sd[rows, 0], rd[cols])
         keep = probs >= threshold
-        return rows[keep], cols[keep], probs[keep]
+        return rows[keep], peaks[cols[keep]], probs[keep]
 
 
 __all__ = [
