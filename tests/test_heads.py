@@ -565,3 +565,51 @@ def test_bernoulli_at_least_from_one_half_up_the_depth_spread_never_lifts(thresh
         got = _sparse_at_least(head, decoded, threshold, flags, dense.shape)
         np.testing.assert_allclose(got, np.where(dense >= threshold, dense, 0.0), rtol=1e-6)
         assert (got > 0).sum() >= 6
+
+
+def _logit_reaching(threshold: float, spread: float) -> float:
+    """The logit whose Gauss-Hermite mean at ``spread`` equals ``threshold`` (float64)."""
+    from scipy.special import expit
+
+    from scgenvae.module._heads import _GH_NODES, _GH_WEIGHTS
+
+    w = _GH_WEIGHTS / _GH_WEIGHTS.sum()
+    lo, hi = -80.0, 80.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (
+            (lo, mid) if (w * expit(mid + _GH_NODES * spread)).sum() >= threshold else (mid, hi)
+        )
+    return hi
+
+
+@pytest.mark.parametrize("threshold", [0.02, 0.1, 0.3, 0.45])
+def test_bernoulli_at_least_below_one_half_keeps_entries_just_lifted_by_their_spread(threshold):
+    """Below 1/2 the logit needed falls with the spread s = sd |region_depth| (bisection on a
+    grid of spreads, the upper grid point's value in between): entries a hair above the exact
+    logit needed at their own s (off the grid) are kept, a hair below dropped."""
+    rng = np.random.default_rng(int(threshold * 100))
+    n, p = 5, 12
+    sd = rng.uniform(0.2, 2.0, n)
+    rd = rng.uniform(-1.5, 1.5, p)
+    spread = sd[:, None] * np.abs(rd)[None, :]
+    needed = np.vectorize(lambda s: _logit_reaching(threshold, s))(spread)
+    assert needed.max() - needed.min() > 0.3  # the spread matters here
+    logits = needed + np.where(rng.random((n, p)) < 0.5, 2e-3, -2e-3)
+    px = FactorisedBernoulli(
+        torch.eye(n),
+        torch.as_tensor(logits.T, dtype=torch.float32).contiguous(),
+        torch.zeros(p),
+        torch.zeros(n, 1),
+        torch.as_tensor(rd, dtype=torch.float32),
+    )
+    decoded = {
+        MODULE_KEYS.PX_KEY: px,
+        MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(n), torch.as_tensor(sd, dtype=torch.float32)),
+    }
+    head = BernoulliHead()
+    flags = torch.ones(n, dtype=torch.bool)
+    dense = head.predictive_mean(decoded, unobserved_depth=flags).numpy()
+    np.testing.assert_array_equal(dense >= threshold, logits > needed)
+    got = _sparse_at_least(head, decoded, threshold, flags, dense.shape)
+    np.testing.assert_allclose(got, np.where(dense >= threshold, dense, 0.0), rtol=1e-6)

@@ -331,11 +331,10 @@ class BernoulliHead(LikelihoodHead):
     def predictive_mean_at_least(self, decoded, threshold, *, unobserved_depth=None):
         """As the base class, computing only the entries that can reach ``threshold``.
 
-        Each quadrature term is ``sigmoid(logit + node * sd * region_depth)``, so the average
-        is at most ``sigmoid(logit + max|node| * sd * |region_depth|)``, and at most
-        ``sigmoid(logit)`` when it is 1/2 or more. Peaks that no cell of the rows can lift to
-        ``threshold`` (bounding ``h . W_j`` by ``|h| |W_j|``) are not decoded, and the
-        quadrature runs only for entries whose bound reaches it.
+        The average over the unobserved depth reaches ``threshold`` only from a logit that
+        depends on its spread (:class:`_NeededLogit`). Peaks that no cell of the rows can lift
+        to it (bounding ``h . W_j`` by ``|h| |W_j|``) are not decoded, and the quadrature runs
+        only for the entries whose logit reaches it.
         """
         px = decoded[MODULE_KEYS.PX_KEY]
         if unobserved_depth is None or not isinstance(px, FactorisedBernoulli):
@@ -344,35 +343,67 @@ class BernoulliHead(LikelihoodHead):
             )
         sd = decoded[MODULE_KEYS.LIBRARY_KEY].scale.reshape(-1, 1)
         sd = sd * unobserved_depth.reshape(-1, 1)
-        # Each pair of nodes +-a (equal weights) averages sigmoid(l + a) and sigmoid(l - a),
-        # which lies between sigmoid(l) and 1/2: the spread only lifts logits below 0. So from
-        # threshold 1/2 up an entry needs logit >= logit(threshold) itself; below 1/2 it needs
-        # logit + max|node| * sd * |region_depth| >= logit(threshold).
-        spread = float(np.abs(_GH_NODES).max()) if threshold < 0.5 else 0.0
-        # within 16 ulps of 1 the average of the terms rounds to 1 in the logits' dtype (float32:
-        # from logit 13 on), so a threshold of 1 keeps every entry above that; and a margin in
-        # logit space: rounding can only add candidates, never lose one
-        top = min(threshold, 1.0 - 16 * torch.finfo(px.h.dtype).eps)
-        cut = float(np.log(top / (1.0 - top))) - 1e-3
-        # peaks that no row can bring to the cut are not computed at all: h . W_j is at most
-        # |h| |W_j| (Cauchy-Schwarz; 1e-4 covers the float32 rounding of the dot products)
         rd = px.region_depth
+        # the logit an entry needs, as a function of its spread s = sd * |region_depth|
+        needed = _NeededLogit(threshold, float((sd.max() * rd.abs().max()).detach()), px.h.dtype)
+        # peaks that no row can bring to what they need are not computed at all: h . W_j is
+        # at most |h| |W_j| (Cauchy-Schwarz; 1e-4 covers the float32 rounding of the dot
+        # products), the depth term at most its value at the deepest or shallowest cell
         depth = px.depth.reshape(-1)
         reach = (
             px.h.norm(dim=-1).max() * px.weight.norm(dim=-1) * (1 + 1e-4)
             + px.bias
             + torch.maximum(rd * depth.max(), rd * depth.min())
-            + spread * sd.max() * rd.abs()
         )
-        peaks = (reach >= cut).nonzero(as_tuple=True)[0]
+        peaks = (reach >= needed(sd.max() * rd.abs())).nonzero(as_tuple=True)[0]
         base = px._columns(peaks)
         rd = rd.index_select(0, peaks)
-        bound = torch.addcmul(base, spread * sd, rd.abs())
-        rows, cols = (bound >= cut).nonzero(as_tuple=True)
-        del bound
+        rows, cols = (base >= needed(sd * rd.abs())).nonzero(as_tuple=True)
         probs = _quadrature(base[rows, cols], sd[rows, 0], rd[cols])
         keep = probs >= threshold
         return rows[keep], peaks[cols[keep]], probs[keep]
+
+
+class _NeededLogit:
+    """Lower bound of the logit ``l`` that ``E[sigmoid(l + s Z)] >= threshold`` needs, by spread s.
+
+    ``E`` is the Gauss-Hermite average of :func:`_quadrature`. Each pair of nodes +-a (equal
+    weights) averages ``sigmoid(l + a)`` and ``sigmoid(l - a)``, which lies between
+    ``sigmoid(l)`` and 1/2 (closer to 1/2 as a grows). So from threshold 1/2 up an entry needs
+    ``l >= logit(threshold)`` whatever its spread; below 1/2 the spread lifts negative logits
+    and the logit needed, ``l*(s)``, falls as ``s`` grows: it is found by bisection on a grid of
+    spreads, and a spread between two grid points is given the value at the upper one (a lower
+    bound, as ``l*`` falls). A margin of 1e-3 in logit space covers rounding; within 16 ulps of
+    1 the average rounds to 1 (float32: from logit 13 on), so threshold 1 keeps those entries.
+    """
+
+    def __init__(self, threshold: float, max_spread: float, dtype: torch.dtype, n_grid: int = 64):
+        top = min(threshold, 1.0 - 16 * torch.finfo(dtype).eps)
+        self.cut = float(np.log(top / (1.0 - top))) - 1e-3
+        self.table = None
+        if threshold < 0.5 and max_spread > 0:
+            self.step = max_spread / n_grid
+            spreads = self.step * np.arange(n_grid + 1)
+            lo = self.cut - float(np.abs(_GH_NODES).max()) * spreads - 1.0  # mean below t there
+            hi = np.full_like(spreads, self.cut + 1e-3)  # mean at least t there (l < 0)
+            weights = _GH_WEIGHTS / _GH_WEIGHTS.sum()
+            for _ in range(50):
+                mid = 0.5 * (lo + hi)
+                mean = (weights * _expit(mid[:, None] + _GH_NODES * spreads[:, None])).sum(1)
+                reached = mean >= threshold
+                hi, lo = np.where(reached, mid, hi), np.where(reached, lo, mid)
+            self.table = torch.as_tensor(lo - 1e-3, dtype=dtype)
+
+    def __call__(self, spread: torch.Tensor) -> torch.Tensor | float:
+        if self.table is None:
+            return self.cut
+        table = self.table.to(spread.device)
+        index = torch.ceil(spread / self.step).long().clamp_(0, len(table) - 1)
+        return table[index]
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 __all__ = [
