@@ -594,7 +594,7 @@ def test_bernoulli_at_least_below_one_half_keeps_entries_just_lifted_by_their_sp
     rd = rng.uniform(-1.5, 1.5, p)
     spread = sd[:, None] * np.abs(rd)[None, :]
     needed = np.vectorize(lambda s: _logit_reaching(threshold, s))(spread)
-    assert needed.max() - needed.min() > 0.3  # the spread matters here
+    assert needed.max() - needed.min() > 0.1  # the spread matters here
     logits = needed + np.where(rng.random((n, p)) < 0.5, 2e-3, -2e-3)
     px = FactorisedBernoulli(
         torch.eye(n),
