@@ -613,3 +613,33 @@ def test_bernoulli_at_least_below_one_half_keeps_entries_just_lifted_by_their_sp
     np.testing.assert_array_equal(dense >= threshold, logits > needed)
     got = _sparse_at_least(head, decoded, threshold, flags, dense.shape)
     np.testing.assert_allclose(got, np.where(dense >= threshold, dense, 0.0), rtol=1e-6)
+
+
+def test_bernoulli_at_least_follows_loadings_changed_in_place():
+    """The per-peak norms |W_j| are kept between calls only while the loadings are the same,
+    unchanged tensor: after an in-place update (an optimiser step) they are recomputed."""
+    head = BernoulliHead()
+    lt = float(np.log(0.5 / 0.5))
+    h = torch.tensor([[3.0, 4.0]])  # |h| 5, parallel to the loadings: the bound is tight
+    weight = nn.Parameter(torch.tensor([[0.6, 0.8]]))
+    bias = torch.tensor([lt - 10.0 + 1e-2])
+    flags = torch.zeros(1, dtype=torch.bool)
+    for scale, kept in ((1.0, 0), (2.0, 1), (0.5, 0)):
+        with torch.no_grad():
+            weight.mul_(scale)  # logit lt - 5 + 0.01, then lt + 0.01, then lt - 5 + 0.01
+            px = FactorisedBernoulli(h, weight, bias, torch.zeros(1, 1), torch.ones(1))
+            decoded = {
+                MODULE_KEYS.PX_KEY: px,
+                MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(1), 1.0),
+            }
+            rows, cols, vals = head.predictive_mean_at_least(decoded, 0.5, unobserved_depth=flags)
+        assert len(vals) == kept
+    # another tensor of the same shape (a second model): its own norms
+    other = torch.tensor([[1.2, 1.6]])
+    with torch.no_grad():
+        for _ in range(weight._version):  # the same version number as the kept one
+            other.mul_(1.0)
+        assert other._version == weight._version
+        px = FactorisedBernoulli(h, other, bias, torch.zeros(1, 1), torch.ones(1))
+        decoded = {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(1), 1.0)}
+        assert len(head.predictive_mean_at_least(decoded, 0.5, unobserved_depth=flags)[2]) == 1
