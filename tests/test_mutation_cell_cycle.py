@@ -395,6 +395,62 @@ def test_initial_angle_markers_half_a_cycle_apart_are_completed_by_a_pc():
     assert np.abs(np.unwrap(phi)[-1] - np.unwrap(phi)[0]) > 5.5  # once round
 
 
+def _initial_angle_by_hand(x, s, g, init):
+    """The documented start: the ridge regression (lambda = 1e-3 trace(x'x) / d) of the
+    standardised scores on x, its two unit directions, completed by the leading direction of
+    the cells orthogonal to the first when the second's orthogonal part is under 0.3; or the
+    top two PCs. Angle of the projection after scaling each axis to unit sd."""
+    d = x.shape[1]
+    if init == "pca":
+        vecs = np.linalg.eigh(x.T @ x)[1]
+        q = vecs[:, [-1, -2]]
+    else:
+        y = np.stack([(v - np.median(v)) / np.std(v) for v in (s, g)], axis=1)
+        lam = 1e-3 * np.trace(x.T @ x) / d
+        w = np.linalg.solve(x.T @ x + lam * np.eye(d), x.T @ y)
+        w = w / np.linalg.norm(w, axis=0)
+        first = w[:, 0]
+        ortho = w[:, 1] - (first @ w[:, 1]) * first
+        if np.linalg.norm(ortho) < 0.3:
+            rest = x - np.outer(x @ first, first)
+            ortho = np.linalg.eigh(rest.T @ rest)[1][:, -1]
+        q = np.stack([first, ortho / np.linalg.norm(ortho)], axis=1)
+    p = x @ q
+    p = p / p.std(0)
+    return p  # the angle is arctan2(p[:, 1], p[:, 0]) up to the signs of the axes
+
+
+@pytest.mark.parametrize(
+    "case", ["ridge_matters", "large_scale", "markers_at_right_angles", "small_unequal_axes"]
+)
+@pytest.mark.parametrize("init", ["markers", "pca"])
+def test_initial_angle_by_hand(case, init):
+    """Each step of the start against the formula (axes compared up to sign: QR and SVD may
+    flip them). The cases make each step matter: a low-variance dimension that predicts the
+    scores (the ridge), a representation of scale 100 (unit marker directions before the
+    0.3 test), markers 90 degrees apart (no completion), axes of sd below 1 (the scaling)."""
+    rng = np.random.default_rng(11)
+    n = 80
+    theta = np.sort(rng.uniform(0, TWO_PI, n))
+    s_sc, g_sc = np.cos(theta - 0.4), np.cos(theta - 0.4 - np.pi / 2)
+    ring = np.stack([3.0 * np.cos(theta), 1.5 * np.sin(theta)], axis=1)
+    noise = rng.normal(0, 0.3, (n, 2))
+    if case == "ridge_matters":  # dimension 3: small, and it predicts the S score
+        x = np.column_stack([ring, noise, 0.02 * s_sc + 0.002 * rng.normal(size=n)])
+    elif case == "large_scale":
+        x = 100.0 * np.column_stack([ring, noise])
+        g_sc = np.cos(theta - 0.4 - 2.4)  # markers 137 degrees apart
+    elif case == "markers_at_right_angles":
+        x = np.column_stack([ring, 2.0 * noise])
+    else:
+        x = np.column_stack([0.2 * ring, 0.05 * noise])
+    x = x - x.mean(0)
+    phi = _initial_angle(x, s_sc, g_sc, init)
+    p = _initial_angle_by_hand(x, s_sc, g_sc, init)
+    np.testing.assert_allclose(np.abs(np.cos(phi)), np.abs(p[:, 0]) / np.hypot(*p.T), atol=1e-7)
+    np.testing.assert_allclose(np.abs(np.sin(phi)), np.abs(p[:, 1]) / np.hypot(*p.T), atol=1e-7)
+
+
 # ---------------------------------------------------------------------------- marker rules
 def test_robust_z_by_hand():
     np.testing.assert_allclose(
@@ -403,6 +459,10 @@ def test_robust_z_by_hand():
     z = _robust_z(np.array([1.0, np.nan, 3.0]))
     np.testing.assert_allclose(z, [-1.0, np.nan, 1.0])
     np.testing.assert_array_equal(_robust_z(np.array([4.0, 4.0, 4.0])), [0.0, 0.0, 0.0])
+    # a spread below 1 is still divided out
+    np.testing.assert_allclose(
+        _robust_z([0.1, 0.2, 0.4]), (np.array([0.1, 0.2, 0.4]) - 0.2) / np.std([0.1, 0.2, 0.4])
+    )
     assert _robust_z(np.array([1, 2, 4])).dtype == np.float64
 
 
