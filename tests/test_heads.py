@@ -595,7 +595,7 @@ def test_bernoulli_at_least_below_one_half_keeps_entries_just_lifted_by_their_sp
     spread = sd[:, None] * np.abs(rd)[None, :]
     needed = np.vectorize(lambda s: _logit_reaching(threshold, s))(spread)
     assert needed.max() - needed.min() > 0.1  # the spread matters here
-    logits = needed + np.where(rng.random((n, p)) < 0.5, 2e-3, -2e-3)
+    logits = needed + np.where(rng.random((n, p)) < 0.5, 5e-4, -5e-4)
     px = FactorisedBernoulli(
         torch.eye(n),
         torch.as_tensor(logits.T, dtype=torch.float32).contiguous(),
@@ -621,25 +621,105 @@ def test_bernoulli_at_least_follows_loadings_changed_in_place():
     head = BernoulliHead()
     lt = float(np.log(0.5 / 0.5))
     h = torch.tensor([[3.0, 4.0]])  # |h| 5, parallel to the loadings: the bound is tight
-    weight = nn.Parameter(torch.tensor([[0.6, 0.8]]))
-    bias = torch.tensor([lt - 10.0 + 1e-2])
+    weight = nn.Parameter(torch.tensor([[0.6, 0.8], [0.6, 0.8]]))
+    bias = torch.tensor([lt - 10.0 + 1e-2, -50.0])
     flags = torch.zeros(1, dtype=torch.bool)
     for scale, kept in ((1.0, 0), (2.0, 1), (0.5, 0)):
         with torch.no_grad():
             weight.mul_(scale)  # logit lt - 5 + 0.01, then lt + 0.01, then lt - 5 + 0.01
-            px = FactorisedBernoulli(h, weight, bias, torch.zeros(1, 1), torch.ones(1))
+            px = FactorisedBernoulli(h, weight, bias, torch.zeros(1, 1), torch.ones(2))
             decoded = {
                 MODULE_KEYS.PX_KEY: px,
                 MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(1), 1.0),
             }
-            rows, cols, vals = head.predictive_mean_at_least(decoded, 0.5, unobserved_depth=flags)
-        assert len(vals) == kept
+            for _ in range(2):  # the second call reads the kept norms
+                rows, cols, vals = head.predictive_mean_at_least(
+                    decoded, 0.5, unobserved_depth=flags
+                )
+                assert len(vals) == kept
     # another tensor of the same shape (a second model): its own norms
-    other = torch.tensor([[1.2, 1.6]])
+    other = torch.tensor([[1.2, 1.6], [1.2, 1.6]])
     with torch.no_grad():
         for _ in range(weight._version):  # the same version number as the kept one
             other.mul_(1.0)
         assert other._version == weight._version
-        px = FactorisedBernoulli(h, other, bias, torch.zeros(1, 1), torch.ones(1))
+        px = FactorisedBernoulli(h, other, bias, torch.zeros(1, 1), torch.ones(2))
         decoded = {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(1), 1.0)}
         assert len(head.predictive_mean_at_least(decoded, 0.5, unobserved_depth=flags)[2]) == 1
+    # inference tensors have no version counter: their norms are computed each call
+    with torch.inference_mode():
+        frozen = torch.tensor([[1.2, 1.6], [0.0, 3.0], [0.0, 0.1]])
+        px = FactorisedBernoulli(h, frozen, torch.tensor([lt - 10 + 1e-2, -50.0, -50.0]),
+                                 torch.zeros(1, 1), torch.ones(3))  # fmt: skip
+        decoded = {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(1), 1.0)}
+        rows, cols, vals = head.predictive_mean_at_least(decoded, 0.5, unobserved_depth=flags)
+        assert cols.tolist() == [0]
+
+
+@pytest.mark.parametrize("threshold", [0.02, 0.1, 0.3, 0.45])
+@pytest.mark.parametrize("max_spread", [0.4, 1.0, 3.0])
+def test_needed_logit_is_a_tight_lower_bound(threshold, max_spread):
+    """``_NeededLogit(t, S)(s)`` never exceeds the exact logit needed at spread s (nothing is
+    lost) and is within one grid step (S / 64) and the 1e-3 margin of it (the bound prunes)."""
+    from scgenvae.module._heads import _NeededLogit
+
+    needed = _NeededLogit(threshold, max_spread, torch.float64)
+    spreads = np.concatenate(
+        [[0.0, max_spread], np.random.default_rng(0).uniform(0, max_spread, 30)]
+    )
+    got = needed(torch.as_tensor(spreads))
+    exact = np.array([_logit_reaching(threshold, s) for s in spreads])
+    upper = np.array(
+        [_logit_reaching(threshold, min(s + max_spread / 64, max_spread)) for s in spreads]
+    )
+    assert (got.numpy() <= exact - 9e-4).all()
+    assert (got.numpy() >= upper - 1.1e-3).all()
+    # from 1/2 up: logit(threshold) - 1e-3 whatever the spread
+    high = _NeededLogit(1 - threshold, max_spread, torch.float64)
+    assert high(torch.as_tensor(spreads)) == pytest.approx(
+        np.log((1 - threshold) / threshold) - 1e-3
+    )
+
+
+def _decoded_peaks(head, decoded, threshold, flags):
+    asked = []
+    real = FactorisedBernoulli._columns
+
+    def spy(self, cols):
+        asked.append(cols.tolist())
+        return real(self, cols)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FactorisedBernoulli, "_columns", spy)
+        rows, cols, vals = head.predictive_mean_at_least(
+            decoded, threshold, unobserved_depth=flags
+        )
+    return asked, cols.tolist()
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.6])
+def test_bernoulli_at_least_decodes_only_the_peaks_that_can_reach(threshold):
+    """Peaks are decoded only where max|h| |W_j| + bias + depth term reaches the logit needed
+    at the column's largest spread; with h parallel to W_j (h . W_j = 100) that bound is
+    attained, so the peaks just above it are decoded and kept, those 0.1 below are not
+    decoded at all."""
+    head = BernoulliHead()
+    sd = 1.2
+    rd = np.array([0.5, 2.0, 1.5, 0.8, 2.0, 0.5])
+    # from 1/2 up the bound is logit(threshold) itself: checked at observed depth (spread 0)
+    spread = sd if threshold < 0.5 else 0.0
+    need = np.array([_logit_reaching(threshold, spread * r) for r in rd])
+    offset = np.array([5e-4, 5e-4, 5e-4, -0.1, -0.1, -0.1])
+    h = torch.tensor([[30.0, 40.0]])  # |h| 50, parallel to every W_j (|W_j| 2)
+    w = torch.tensor([[1.2, 1.6]] * 6)
+    bias = torch.as_tensor(need - 100.0 + offset, dtype=torch.float32)
+    px = FactorisedBernoulli(
+        h, w, bias, torch.zeros(1, 1), torch.as_tensor(rd, dtype=torch.float32)
+    )
+    decoded = {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(1), sd)}
+    flags = torch.full((1,), threshold < 0.5)
+    asked, kept = _decoded_peaks(head, decoded, threshold, flags)
+    assert asked == [[0, 1, 2]]
+    assert kept == [0, 1, 2]
+    dense = head.predictive_mean(decoded, unobserved_depth=flags).numpy()
+    np.testing.assert_array_equal(dense[0] >= threshold, offset > 0)
