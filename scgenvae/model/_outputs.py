@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 #: values (cells x features) decoded at once by the getters (4 MiB of float32 per temporary).
-#: A549, 52,761 peaks, threshold 0.5: 19 rows at a time 5.1 s CPU and 100 MiB; 79 rows
-#: (2**22 values) 4.8 s and 233 MiB (benchmarks/results_outputs.md)
+#: A549, 52,761 peaks, dense accessibility: 19 rows at a time. With a threshold the Bernoulli
+#: head decodes only the peaks a chunk's cells can lift to it: 0.21 s CPU and 51 MiB at 0.5
+#: on a default-trained model (benchmarks/results_outputs.md)
 DECODE_CHUNK_VALUES = 2**20
 
 
