@@ -261,6 +261,10 @@ def run_module(module: str, spec: dict, shared: dict, *, keep: bool, report_only
             module, spec, work, results(work, spec), float((work / "wall_s").read_text())
         )
     work = prepare(module, spec, shared, keep=keep)
+    if keep:
+        # mutmut re-traces only new or changed tests: a kept run whose source changed would
+        # select, for a new function, only the tests written after it. Re-collect them all.
+        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     # a kept run's wall time adds to the run it continues
     before = float((work / "wall_s").read_text()) if keep and (work / "wall_s").exists() else 0.0
     patterns = list(spec.get("functions", []))
