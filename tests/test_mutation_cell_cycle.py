@@ -10,6 +10,7 @@ argument checks. The mutants they kill are listed in docs/dev/mutation.md.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import anndata as ad
@@ -421,14 +422,16 @@ def _initial_angle_by_hand(x, s, g, init):
 
 
 @pytest.mark.parametrize(
-    "case", ["ridge_matters", "large_scale", "markers_at_right_angles", "small_unequal_axes"]
+    "case",
+    ["ridge_matters", "large_scale", "markers_at_right_angles", "small_unequal_axes", "weak_g2m"],
 )
 @pytest.mark.parametrize("init", ["markers", "pca"])
 def test_initial_angle_by_hand(case, init):
     """Each step of the start against the formula (axes compared up to sign: QR and SVD may
     flip them). The cases make each step matter: a low-variance dimension that predicts the
     scores (the ridge), a representation of scale 100 (unit marker directions before the
-    0.3 test), markers 90 degrees apart (no completion), axes of sd below 1 (the scaling)."""
+    0.3 test), markers 90 degrees apart (no completion), axes of sd below 1 (the scaling), a
+    G2/M score x barely predicts (each direction scaled by its own norm)."""
     rng = np.random.default_rng(11)
     n = 80
     theta = np.sort(rng.uniform(0, TWO_PI, n))
@@ -442,8 +445,11 @@ def test_initial_angle_by_hand(case, init):
         g_sc = np.cos(theta - 0.4 - 2.4)  # markers 137 degrees apart
     elif case == "markers_at_right_angles":
         x = np.column_stack([ring, 2.0 * noise])
-    else:
+    elif case == "small_unequal_axes":
         x = np.column_stack([0.2 * ring, 0.05 * noise])
+    else:  # G2/M barely predicted by x: its direction is much shorter than the S one's
+        x = np.column_stack([ring, noise])
+        g_sc = rng.normal(size=n) + 0.02 * g_sc
     x = x - x.mean(0)
     phi = _initial_angle(x, s_sc, g_sc, init)
     p = _initial_angle_by_hand(x, s_sc, g_sc, init)
@@ -1086,3 +1092,110 @@ def test_align_with_fewer_cells_than_dimensions():
     assert (np.diff(var) <= 1e-12).all()
     angle = adata.obs["cell_cycle_angle"].to_numpy()
     assert abs(circular_correlation(angle, theta)) > 0.95
+
+
+# ---------------------------------------------------------------------------- exact messages
+def _exact(msg: str) -> str:
+    return "^" + re.escape(msg) + "$"
+
+
+def test_align_error_messages_are_exact():
+    """The errors' full text (a mutant that rewords, recases or pads a message is caught)."""
+    adata, _, _ = _ellipse(n=30, d=3)
+    with pytest.raises(ValueError, match=_exact("`adata` is a view; pass `adata.copy()`.")):
+        align_cell_cycle(adata[:20], use_rep="X_rep")
+    flat = adata.copy()
+    flat.obsm["X_rep"] = np.ones((30, 3))
+    with pytest.raises(
+        ValueError,
+        match=_exact(
+            "obsm['X_rep'] is the same for every cell: there is no cycle to fit. Check that the "
+            "model was trained (`model.export_latent(adata)` after `model.train()`)."
+        ),
+    ):
+        align_cell_cycle(flat, use_rep="X_rep")
+    with pytest.raises(KeyError) as err:
+        _get_rep(adata, "X_missing", None)
+    assert err.value.args[0] == (
+        "`use_rep='X_missing'` not found in .obsm (available: ['X_rep']); compute it first "
+        "(e.g. `model.export_latent(adata)` or `sc.pp.pca(adata)`) or pass `model=` to compute "
+        "the latent representation."
+    )
+    with pytest.raises(
+        ValueError,
+        match=_exact(
+            "the representation shows no cycle: the fitted ellipse collapsed to a line. Check "
+            "that the cells cycle and that `use_rep` carries the cell cycle."
+        ),
+    ):
+        _plane_basis(np.array([1.0, 0.0, 0.0]), np.array([2.0, 0.0, 0.0]))
+
+
+def test_align_warning_messages_are_exact():
+    adata, _, _ = _ellipse(n=60, d=3, noise=0.3)
+    with pytest.warns(RuntimeWarning) as rec:
+        align_cell_cycle(adata, use_rep="X_rep", max_iter=1)
+    assert [str(w.message) for w in rec if w.category is RuntimeWarning] == [
+        "align_cell_cycle: the ellipse fit did not converge in 1 iterations; the angle may be "
+        "unreliable (increase `max_iter`)."
+    ]
+    # S and G2/M half a cycle apart, no counts: the order of the markers cannot orient
+    opposite, _, _ = _ellipse(n=60, d=3, s_peak=0.0, g2m_peak=np.pi)
+    with pytest.warns(UserWarning, match="weakly determined") as rec:
+        align_cell_cycle(opposite, use_rep="X_rep")
+    u = opposite.uns["cell_cycle"]
+    text = [str(w.message) for w in rec if w.category is UserWarning]
+    assert len(text) == 1
+    assert text[0] == (
+        "align_cell_cycle: the direction of the cell-cycle angle is weakly determined "
+        f"({100 * u['direction_confidence']:.0f}% of 200 bootstrap resamples of the cells agree "
+        f"with it; no library sizes (counts), and the S and G2/M markers peak "
+        f"{np.degrees(u['peak_gap']):.0f} degrees apart, so their order alone cannot tell the "
+        "direction of a cycle with a short G1). Pass the raw counts (`layer=`, `library_key=` "
+        "or layers['counts']) or check that `use_rep` carries the cycle; see "
+        "uns['cell_cycle']['direction_confidence']."
+    )
+
+
+def test_align_log_messages_are_exact(monkeypatch, caplog):
+    import logging
+
+    _spy_scoring(monkeypatch)
+    adata, _, _ = _ellipse(n=40, d=3)
+    del adata.obs["S_score"], adata.obs["G2M_score"]
+    with (
+        caplog.at_level(logging.INFO, logger="scgenvae.tl._cell_cycle"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", UserWarning)  # the direction may be weak
+        align_cell_cycle(adata, use_rep="X_rep")
+    u = adata.uns["cell_cycle"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "scgenvae.tl._cell_cycle"]
+    assert messages == [
+        "added obs['S_score'] and obs['G2M_score'] (marker scores)",
+        "added obs['cell_cycle_angle'], obs['cell_cycle_phase'], obsm['X_rep_cycle'] and "
+        f"uns['cell_cycle']; the cycle plane carries {100 * u['variance_ratio']:.0f}% of the "
+        f"variance, best single dimension {u['best_dim']} (r = {u['best_dim_corr']:.2f})",
+    ]
+
+
+# ---------------------------------------------------------------------------- guard tolerances
+def test_cycle_vectors_tiny_arc_is_not_degenerate():
+    """Three distinct angles within 2 milliradians span the plane (whitening recovers them);
+    only angles on a line (eigenvalue ratio <= 1e-12) are degenerate."""
+    angle = np.array([0.0, 1e-3, 2e-3] * 5)
+    h = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    evals = np.linalg.eigvalsh(np.cov((h - h.mean(0)).T, bias=True))
+    assert 1e-12 * evals[1] < evals[0] < 1e-12  # within both tolerances' reach
+    out = _cycle_vectors(angle, [np.sin(angle * 1000.0)])
+    assert np.abs(out).max() > 0.5
+    assert not _cycle_vectors(np.array([0.0, np.pi] * 5), [np.arange(10.0)]).any()
+
+
+def test_plane_basis_collapse_is_relative_to_the_ellipse_size():
+    """The ellipse has collapsed when its minor extent is below 1e-10 of its major one,
+    whatever its size."""
+    with pytest.raises(ValueError, match="collapsed to a line"):
+        _plane_basis(np.array([1e3, 0.0, 0.0]), np.array([0.0, 1e-9, 0.0]))  # 1e-12 relative
+    q = _plane_basis(np.array([1e-3, 0.0, 0.0]), np.array([0.0, 1e-12, 0.0]))  # 1e-9 relative
+    np.testing.assert_allclose(np.abs(q[:2, :2]), np.eye(2), atol=1e-12)

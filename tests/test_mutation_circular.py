@@ -143,3 +143,31 @@ def test_single_precision_angles_are_computed_in_double_precision():
             a64, b64, method=method
         )
     assert circular_error(a32, b32, shift=False) == circular_error(a64, b64, shift=False)
+
+
+def test_non_finite_angles_error_message_is_exact():
+    import re
+
+    msg = "angles must be finite; drop the cells with NaN angles first."
+    with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
+        circular_correlation(np.array([0.1, np.nan, 0.3]), np.array([0.1, 0.2, 0.3]))
+
+
+def test_correlation_guard_is_1e12_times_n_squared():
+    """The correlation is NaN when its denominator is rounding noise, <= 1e-12 n^2: angles
+    spread by micro-radians around one direction."""
+    rng = np.random.default_rng(0)
+    n = 10
+    u, v = rng.normal(size=n), rng.normal(size=n)
+
+    def denom(eps):  # the JS denominator for angles 1 + eps u and 2 + eps v, by hand
+        a, b = 1.0 + eps * u, 2.0 + eps * v
+        sa, sb = np.sin(a - circular_mean(a)), np.sin(b - circular_mean(b))
+        return np.sqrt((sa**2).sum() * (sb**2).sum()), a, b
+
+    low, a, b = denom(1e-6)
+    assert 2 * n * 1e-12 < low < n**2 * 1e-12
+    assert np.isnan(circular_correlation(a, b))
+    high, a, b = denom(2e-5)
+    assert n**2 * 1e-12 < high < n**3 * 1e-12
+    assert np.isfinite(circular_correlation(a, b))

@@ -1271,3 +1271,13 @@ def test_sizes_of_new_cells_chosen_by_name(rna, monkeypatch):
     calls = _spy(monkeypatch, model.module, "inference")
     model.get_library_size_factors(batch_size=16)
     assert _rows(calls, "x") == [16, 16, 8]
+
+
+def test_documented_defaults_of_the_criticism_and_decoding_getters():
+    """The defaults the docs state: 1,000 importance samples for the marginal likelihood
+    (as scvi-tools), 1,024 latent points per forward pass in ``decode_latent``."""
+    import inspect
+
+    sig = inspect.signature(MultiVAE.get_marginal_ll)
+    assert sig.parameters["n_mc_samples"].default == 1000
+    assert inspect.signature(PoissonVAE.decode_latent).parameters["batch_size"].default == 1024

@@ -581,3 +581,19 @@ def test_generative_decodes_only_the_modalities_and_columns_asked():
     torch.testing.assert_close(part["atac"]["library"].loc, full["atac"]["library"].loc)
     with pytest.raises(ValueError, match="cannot decode a subset"):
         mod.generative(**gen_in, columns={"rna": cols})
+
+
+def test_module_argument_errors_are_exact():
+    import re
+
+    mods = {"rna": ModalitySpec("X", 6)}
+    msg = (
+        "`loading_prior_sd` must be positive and needs `n_obs` (the number of training "
+        "cells); got loading_prior_sd=0.5, n_obs=None."
+    )
+    with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
+        MultiModalVAEModule(mods, n_latent=2, loading_prior_sd=0.5)
+    with pytest.raises(
+        ValueError, match="^" + re.escape("`modalities` must name at least one modality.") + "$"
+    ):
+        MultiModalVAEModule({}, n_latent=2)

@@ -104,6 +104,45 @@ def test_gaussian_encoder_variance_is_floored_and_finite():
     assert torch.isfinite(enc(x)[1]).all()
 
 
+def test_gaussian_encoder_log_variance_is_clamped_to_plus_minus_15():
+    """The documented clamp: log-variance in [-15, 15] before the floor is added."""
+    enc = GaussianEncoder(6, 2, n_hidden=4, dropout_rate=0.0, var_eps=1e-4).eval()
+    x = torch.rand(3, 6)
+    for bias, log_var in ((-1e4, -15.0), (1e4, 15.0), (-14.0, None), (14.0, None)):
+        with torch.no_grad():
+            enc.log_var.weight.zero_()
+            enc.log_var.bias.fill_(bias)
+        expected = torch.exp(torch.tensor(bias if log_var is None else log_var)) + 1e-4
+        torch.testing.assert_close(enc(x)[1], expected.expand(3, 2), rtol=1e-6, atol=0.0)
+
+
+def test_transpose_pattern_on_device_matches_the_cpu_path():
+    """The torch path (taken on a GPU) gives the CPU path's (scipy's) transposed pattern:
+    empty rows, features without non-zeros (also at the end) and a single non-zero."""
+    from scgenvae.nn._sparse import _transpose_pattern, _transpose_pattern_on_device
+
+    for seed, (n, p, density) in enumerate([(7, 9, 0.3), (1, 5, 0.2), (12, 40, 0.05)]):
+        x = _sparse_rows(n, p, density, seed)
+        x[min(2, n - 1)] = 0.0  # an empty row
+        x[:, -1] = 0.0  # the last feature has no non-zero
+        if seed == 1:
+            x.zero_()
+            x[0, 2] = 1.0
+        csr = x.to_sparse_csr()
+        crow, cols = csr.crow_indices(), csr.col_indices()
+        want = _transpose_pattern(crow, cols, p)
+        got = _transpose_pattern_on_device(crow, cols, p)
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == torch.int64
+            torch.testing.assert_close(a, b)
+        order, rows, offsets = got
+        assert offsets.shape == (p,)
+        # by hand: each feature's run lists its non-zeros' rows in increasing order
+        dense_rows = [torch.nonzero(x[:, j]).flatten().tolist() for j in range(p)]
+        ends = torch.cat([offsets[1:], torch.tensor([cols.numel()])])
+        assert [rows[o:e].tolist() for o, e in zip(offsets, ends, strict=True)] == dense_rows
+
+
 def test_csr_matmul_weight_gradient_across_minibatches():
     """The transposed pattern is cached per minibatch: a new minibatch must not reuse it."""
     weight = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)

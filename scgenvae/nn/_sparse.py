@@ -40,19 +40,27 @@ def _transpose_pattern(crow: torch.Tensor, cols: torch.Tensor, n_features: int):
     ``offsets``: where each feature's run starts.
     """
     n_rows = crow.numel() - 1
-    if cols.device.type == "cpu":
-        # counting sort in scipy's CSR -> CSC conversion: linear time, unlike a comparison sort
-        from scipy import sparse
+    if cols.device.type != "cpu":
+        return _transpose_pattern_on_device(crow, cols, n_features)
+    # counting sort in scipy's CSR -> CSC conversion: linear time, unlike a comparison sort
+    from scipy import sparse
 
-        positions = np.arange(cols.numel(), dtype=np.int64)
-        csc = sparse.csr_matrix(
-            (positions, cols.numpy(), crow.numpy()), shape=(n_rows, n_features)
-        ).tocsc()
-        return (
-            torch.from_numpy(csc.data),
-            torch.from_numpy(csc.indices.astype(np.int64, copy=False)),
-            torch.from_numpy(csc.indptr[:-1].astype(np.int64, copy=False)),
-        )
+    positions = np.arange(cols.numel(), dtype=np.int64)
+    csc = sparse.csr_matrix((positions, cols.numpy(), crow.numpy()), shape=(n_rows, n_features))
+    csc = csc.tocsc()
+    return (
+        torch.from_numpy(csc.data),
+        torch.from_numpy(csc.indices.astype(np.int64, copy=False)),
+        torch.from_numpy(csc.indptr[:-1].astype(np.int64, copy=False)),
+    )
+
+
+def _transpose_pattern_on_device(crow: torch.Tensor, cols: torch.Tensor, n_features: int):
+    """As :func:`_transpose_pattern`, in torch operations on the tensors' device (a GPU).
+
+    Any device runs it (the tests compare it with the CPU path on the CPU).
+    """
+    n_rows = crow.numel() - 1
     order = torch.argsort(cols, stable=True)
     rows = torch.repeat_interleave(torch.arange(n_rows, device=cols.device), crow[1:] - crow[:-1])
     counts = torch.bincount(cols, minlength=n_features)
