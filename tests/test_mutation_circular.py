@@ -165,9 +165,9 @@ def test_correlation_guard_is_1e12_times_n_squared():
         sa, sb = np.sin(a - circular_mean(a)), np.sin(b - circular_mean(b))
         return np.sqrt((sa**2).sum() * (sb**2).sum()), a, b
 
-    low, a, b = denom(1e-6)
+    low, a, b = denom(2.8e-6)
     assert 2 * n * 1e-12 < low < n**2 * 1e-12
     assert np.isnan(circular_correlation(a, b))
-    high, a, b = denom(2e-5)
+    high, a, b = denom(8e-6)
     assert n**2 * 1e-12 < high < n**3 * 1e-12
     assert np.isfinite(circular_correlation(a, b))
