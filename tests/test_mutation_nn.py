@@ -238,3 +238,26 @@ def test_csr_matmul_of_double_data_with_float_weights():
     torch.testing.assert_close(got, expected)
     (grad,) = torch.autograd.grad(got, weight, upstream)
     torch.testing.assert_close(grad, grad_expected)
+
+
+def test_transposed_pattern_is_computed_once_per_minibatch(monkeypatch):
+    """Two products of the same CSR minibatch (encoder and likelihood) share one transposed
+    pattern in the backward pass; another minibatch gets its own."""
+    from scgenvae.nn import _sparse
+
+    calls = []
+    real = _sparse._transpose_pattern
+
+    def spy(crow, cols, n_features):
+        calls.append(n_features)
+        return real(crow, cols, n_features)
+
+    monkeypatch.setattr(_sparse, "_transpose_pattern", spy)
+    w1 = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(12, 2, dtype=torch.float64, requires_grad=True)
+    x = _sparse_rows(6, 12, 0.3, 0).to(torch.float64).to_sparse_csr()
+    (csr_matmul_fn(x, w1).sum() + csr_matmul_fn(x, w2).sum()).backward()
+    assert calls == [12]
+    other = _sparse_rows(6, 12, 0.3, 1).to(torch.float64).to_sparse_csr()
+    csr_matmul_fn(other, w1).sum().backward()
+    assert calls == [12, 12]
