@@ -171,3 +171,18 @@ def test_correlation_guard_is_1e12_times_n_squared():
     high, a, b = denom(8e-6)
     assert n**2 * 1e-12 < high < n**3 * 1e-12
     assert np.isfinite(circular_correlation(a, b))
+
+
+def test_smooth_profile_by_hand():
+    """Von Mises kernel regression: weights exp(kappa (cos(g - a) - 1)), kappa = 1 / bw^2."""
+    from scgenvae._circular import smooth_profile
+
+    angle = np.array([0.0, 0.5, 2.0, 4.0])
+    values = np.array([1.0, 3.0, -2.0, 5.0])
+    grid = np.array([0.0, 1.0, 3.0, 5.5])
+    bw = 0.7
+    w = np.exp((np.cos(grid[:, None] - angle[None, :]) - 1.0) / bw**2)
+    np.testing.assert_allclose(smooth_profile(angle, values, grid, bw), w @ values / w.sum(1))
+    # far from every cell (weights underflow to 0) the profile is 0, not NaN
+    far = smooth_profile(np.zeros(3), np.ones(3), np.array([np.pi]), 0.01)
+    np.testing.assert_array_equal(far, [0.0])
