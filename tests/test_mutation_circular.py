@@ -183,6 +183,10 @@ def test_smooth_profile_by_hand():
     bw = 0.7
     w = np.exp((np.cos(grid[:, None] - angle[None, :]) - 1.0) / bw**2)
     np.testing.assert_allclose(smooth_profile(angle, values, grid, bw), w @ values / w.sum(1))
+    # a narrow kernel at a cell: that cell's weight is exp(0) = 1, not an underflowed 0
+    np.testing.assert_allclose(
+        smooth_profile(np.array([0.0, 0.3]), np.array([2.0, 3.0]), np.array([0.0]), 0.01), [2.0]
+    )
     # far from every cell (weights underflow to 0) the profile is 0, not NaN
     far = smooth_profile(np.zeros(3), np.ones(3), np.array([np.pi]), 0.01)
     np.testing.assert_array_equal(far, [0.0])
