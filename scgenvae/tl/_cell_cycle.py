@@ -639,9 +639,11 @@ def align_cell_cycle(
     full = np.linalg.qr(np.concatenate([plane, np.eye(x.shape[1])], axis=1))[0]
     rest = full[:, 2 : x.shape[1]]
     if rest.shape[1]:
-        # all d - 2 directions, also with fewer cells than dimensions
-        _, _, vt = np.linalg.svd(x @ rest, full_matrices=True)
-        rest = rest @ vt.T
+        # principal axes of the complement, by decreasing variance: all d - 2 of them, also
+        # with fewer cells than dimensions, from the (d - 2) x (d - 2) Gram matrix (a full SVD
+        # of the cells would build a cells x cells matrix)
+        proj = x @ rest
+        rest = rest @ np.linalg.eigh(proj.T @ proj)[1][:, ::-1]
     rotation = np.concatenate([plane, rest], axis=1)
     # major axis of the ellipse
     m2 = np.stack([q.T @ ax_cos, q.T @ ax_sin], axis=1)
