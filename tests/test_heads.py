@@ -446,9 +446,10 @@ def test_predictive_mean_at_least_is_the_thresholded_dense_mean(head, depth):
         assert len(vals) == int((dense >= threshold).sum())
 
 
-def _bernoulli_decoded(logits: np.ndarray, *, sd: float, region_depth: np.ndarray):
+def _bernoulli_decoded(logits: np.ndarray, *, sd, region_depth: np.ndarray):
     """A BernoulliHead output with the given logits (cells x peaks) at observed depth 0 and a
-    depth distribution of scale ``sd``: ``h`` is one-hot per cell, ``W`` holds the logits."""
+    depth distribution of scale ``sd`` (one value, or one per cell): ``h`` is one-hot per
+    cell, ``W`` holds the logits."""
     n, p = logits.shape
     px = FactorisedBernoulli(
         torch.eye(n),
@@ -457,8 +458,8 @@ def _bernoulli_decoded(logits: np.ndarray, *, sd: float, region_depth: np.ndarra
         torch.zeros(n, 1),
         torch.as_tensor(region_depth, dtype=torch.float32),
     )
-    pl = Normal(torch.zeros(n), torch.full((n,), sd))
-    return {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: pl}
+    scale = torch.as_tensor(np.broadcast_to(sd, (n,)).copy(), dtype=torch.float32)
+    return {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(n), scale)}
 
 
 def _sparse_at_least(head, decoded, threshold, flags, shape):
@@ -596,17 +597,7 @@ def test_bernoulli_at_least_below_one_half_keeps_entries_just_lifted_by_their_sp
     needed = np.vectorize(lambda s: _logit_reaching(threshold, s))(spread)
     assert needed.max() - needed.min() > 0.1  # the spread matters here
     logits = needed + np.where(rng.random((n, p)) < 0.5, 5e-4, -5e-4)
-    px = FactorisedBernoulli(
-        torch.eye(n),
-        torch.as_tensor(logits.T, dtype=torch.float32).contiguous(),
-        torch.zeros(p),
-        torch.zeros(n, 1),
-        torch.as_tensor(rd, dtype=torch.float32),
-    )
-    decoded = {
-        MODULE_KEYS.PX_KEY: px,
-        MODULE_KEYS.LIBRARY_KEY: Normal(torch.zeros(n), torch.as_tensor(sd, dtype=torch.float32)),
-    }
+    decoded = _bernoulli_decoded(logits, sd=sd, region_depth=rd)
     head = BernoulliHead()
     flags = torch.ones(n, dtype=torch.bool)
     dense = head.predictive_mean(decoded, unobserved_depth=flags).numpy()
