@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse, stats
 
-
 #: float64 values of the distance block ``foscttm`` holds at a time (32 MiB)
 _FOSCTTM_BLOCK_VALUES = 4 * 2**20
 
