@@ -19,7 +19,10 @@ cell, 100 epochs before the end and at the end: is it still falling?). Variants:
 - ``in_scale``: frozen plus a trained per-gene scale and shift of the encoder's input for the
   query's cells (experiment, patched in here);
 - ``enc_delta``: frozen plus a trained query-only change of the encoder's whole first layer
-  (experiment, patched in here). For the patched encoder variants the reference's latent is the
+  (experiment, patched in here);
+- ``mask_padded``: frozen, with the padded genes left out of the query's likelihood (their
+  logits pushed to -1e4 in the query model's decoder, so the softmax covers the measured
+  genes only; experiment, patched in here). For the patched encoder variants the reference's latent is the
   reference model's (the patch applies to query cells only).
 
 Usage::
@@ -57,6 +60,7 @@ VARIANTS = {
     "offset": {"patch": "offset"},
     "in_scale": {"patch": "in_scale"},
     "enc_delta": {"patch": "enc_delta"},
+    "mask_padded": {"patch": "mask_padded"},
 }
 
 
@@ -70,6 +74,24 @@ class _DecoderOffset(torch.nn.Module):
 
     def forward(self, h):
         return self.lin(h) + self.offset
+
+
+class _DecoderMask(torch.nn.Module):
+    """The decoder's output layer with the padded genes' logits pushed to -1e4 (query only).
+
+    The softmax then spreads each cell's library over the genes the query measured, and a
+    padded gene (a zero the query never observed) no longer counts as an observed zero.
+    """
+
+    def __init__(self, lin: torch.nn.Linear, padded: np.ndarray):
+        super().__init__()
+        self.lin = lin
+        self.register_buffer(
+            "shift", torch.as_tensor(np.where(padded, -1e4, 0.0), dtype=torch.float32)
+        )
+
+    def forward(self, h):
+        return self.lin(h) + self.shift
 
 
 class _EncoderInput(torch.nn.Module):
@@ -122,6 +144,9 @@ def main(argv=None) -> None:
         if patch == "offset":
             dec = q.module.decoders["rna"]
             dec.head = _DecoderOffset(dec.head)
+        elif patch == "mask_padded":
+            dec = q.module.decoders["rna"]
+            dec.head = _DecoderMask(dec.head, ~ref.var_names.isin(query.var_names))
         elif patch is not None:
             net = q.module.encoders["rna"].net
             net.linears[0] = _EncoderInput(net.linears[0], patch)
