@@ -261,3 +261,34 @@ def test_transposed_pattern_is_computed_once_per_minibatch(monkeypatch):
     other = _sparse_rows(6, 12, 0.3, 1).to(torch.float64).to_sparse_csr()
     csr_matmul_fn(other, w1).sum().backward()
     assert calls == [12, 12]
+
+
+@pytest.mark.parametrize("use_rows", [True, False])
+def test_csr_matmul_and_rows_equals_the_product_and_the_rows(use_rows):
+    """Values and the shared weight gradient against ``x @ W`` and ``W[index]`` done densely.
+
+    Repeated indices add their rows' gradients; with the rows unused, their gradient is None
+    and the product's alone must come back.
+    """
+    from scgenvae.nn._sparse import csr_matmul_and_rows
+
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.rand(6, 9, generator=gen) < 0.4).double() * torch.rand(6, 9, generator=gen)
+    weight = torch.randn(9, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([4, 0, 4, 8])
+    up = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    up_rows = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    product, rows = csr_matmul_and_rows(x.to_sparse_csr(), weight, index)
+    torch.testing.assert_close(product, x @ weight)
+    torch.testing.assert_close(rows, weight[index])
+    loss = (product * up).sum() + ((rows * up_rows).sum() if use_rows else 0)
+    (got,) = torch.autograd.grad(loss, weight)
+    expected_loss = ((x @ weight) * up).sum() + (
+        (weight[index] * up_rows).sum() if use_rows else 0
+    )
+    (expected,) = torch.autograd.grad(expected_loss, weight)
+    torch.testing.assert_close(got, expected)
+    frozen = weight.detach()
+    product, rows = csr_matmul_and_rows(x.to_sparse_csr(), frozen, index)
+    assert not product.requires_grad
+    assert not rows.requires_grad

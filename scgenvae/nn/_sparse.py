@@ -92,17 +92,51 @@ class _CSRMatmul(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         crow, cols, vals = ctx.saved_tensors
-        if ctx.n_features not in ctx.cache:
-            ctx.cache[ctx.n_features] = _transpose_pattern(crow, cols, ctx.n_features)
-        order, rows, offsets = ctx.cache[ctx.n_features]
-        grad_weight = F.embedding_bag(
-            rows,
-            grad.contiguous(),
-            offsets=offsets,
-            mode="sum",
-            per_sample_weights=vals.index_select(0, order).to(grad.dtype),
+        return _weight_grad(ctx, grad, crow, cols, vals), None, None, None, None
+
+
+def _weight_grad(ctx, grad, crow, cols, vals) -> torch.Tensor:
+    """``x^T grad``: the gather-sum of ``grad``'s rows over the transposed pattern of ``x``."""
+    if ctx.n_features not in ctx.cache:
+        ctx.cache[ctx.n_features] = _transpose_pattern(crow, cols, ctx.n_features)
+    order, rows, offsets = ctx.cache[ctx.n_features]
+    return F.embedding_bag(
+        rows,
+        grad.contiguous(),
+        offsets=offsets,
+        mode="sum",
+        per_sample_weights=vals.index_select(0, order).to(grad.dtype),
+    )
+
+
+class _CSRMatmulAndRows(torch.autograd.Function):
+    """``(x @ weight, weight[index])`` with one gradient buffer for ``weight``.
+
+    Two separate operations each give ``weight`` a dense gradient, and ``index_select``'s is
+    zero-filled (``n_features x outputs``) every step before autograd adds the two. Here the
+    gather-sum's gradient is built (it covers every row) and the selected rows' gradient is
+    added into it in place.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, crow, cols, vals, cache, index):
+        ctx.save_for_backward(crow, cols, vals, index)
+        ctx.n_features = weight.shape[0]
+        ctx.cache = cache
+        product = F.embedding_bag(
+            cols, weight, offsets=crow[:-1], mode="sum", per_sample_weights=vals.to(weight.dtype)
         )
-        return grad_weight, None, None, None, None
+        return product, weight.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad, grad_rows):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        crow, cols, vals, index = ctx.saved_tensors
+        grad_weight = _weight_grad(ctx, grad, crow, cols, vals)
+        if grad_rows is not None:
+            grad_weight.index_add_(0, index, grad_rows)
+        return grad_weight, None, None, None, None, None
 
 
 def csr_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -114,4 +148,12 @@ def csr_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _CSRMatmul.apply(weight, crow, cols, vals, _pattern_cache(x))
 
 
-__all__ = ["csr_matmul", "csr_parts"]
+def csr_matmul_and_rows(
+    x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x @ weight, weight[index])`` for a sparse ``x``, sharing one gradient of ``weight``."""
+    crow, cols, vals = csr_parts(x)
+    return _CSRMatmulAndRows.apply(weight, crow, cols, vals, _pattern_cache(x), index)
+
+
+__all__ = ["csr_matmul", "csr_matmul_and_rows", "csr_parts"]
