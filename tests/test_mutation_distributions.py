@@ -163,3 +163,18 @@ def test_factorised_bernoulli_sampled_gradients_equal_the_dense_formula():
     for g, e in zip(grads, expected_grads, strict=True):
         assert g.layout == torch.strided
         torch.testing.assert_close(g, e)
+
+
+def test_factorised_bernoulli_columns_are_those_of_the_full_logits():
+    """``_columns(cols)`` (the decoding of a subset of peaks) against the full matrix's columns."""
+    gen = torch.Generator().manual_seed(8)
+    n, p, k = 4, 10, 3
+
+    def randn(*size):
+        return torch.randn(*size, generator=gen, dtype=torch.float64)
+
+    dist = FactorisedBernoulli(randn(n, k), randn(p, k), randn(p), randn(n, 1), randn(p))
+    cols = torch.tensor([7, 2, 2, 9])
+    full = dist.h @ dist.weight.T + dist.bias + dist.region_depth * dist.depth
+    torch.testing.assert_close(dist._columns(cols), full[:, cols])
+    torch.testing.assert_close(dist._columns(None), full)

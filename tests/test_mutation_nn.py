@@ -292,3 +292,15 @@ def test_csr_matmul_and_rows_equals_the_product_and_the_rows(use_rows):
     product, rows = csr_matmul_and_rows(x.to_sparse_csr(), frozen, index)
     assert not product.requires_grad
     assert not rows.requires_grad
+
+
+def test_csr_matmul_and_rows_of_double_data_with_float_weights():
+    """Float64 data (a user's counts) with float32 loadings: the values take the weight's dtype."""
+    from scgenvae.nn._sparse import csr_matmul_and_rows
+
+    x = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 3.0]], dtype=torch.float64)
+    weight = torch.arange(6, dtype=torch.float32).reshape(3, 2).requires_grad_()
+    product, rows = csr_matmul_and_rows(x.to_sparse_csr(), weight, torch.tensor([1]))
+    assert product.dtype == torch.float32
+    torch.testing.assert_close(product, x.float() @ weight)
+    torch.testing.assert_close(rows, weight[[1]])
