@@ -114,15 +114,17 @@ def test_bernoulli_logits_scores_sparse_data_of_another_dtype(x_dtype):
         torch.testing.assert_close(got, expected)
 
 
+def _factors(gen: torch.Generator, n: int, p: int, k: int) -> tuple[torch.Tensor, ...]:
+    """Random float64 ``(h, weight, bias, depth, region_depth)`` of a FactorisedBernoulli."""
+    sizes = ((n, k), (p, k), (p,), (n, 1), (p,))
+    return tuple(torch.randn(*size, generator=gen, dtype=torch.float64) for size in sizes)
+
+
 def test_factorised_bernoulli_sampled_estimate_of_dense_and_sparse_input_agree():
     """The sampled (unbiased) estimate takes a dense minibatch as well as a sparse one."""
     gen = torch.Generator().manual_seed(5)
     n, p, k = 4, 12, 3
-
-    def randn(*size):
-        return torch.randn(*size, generator=gen, dtype=torch.float64)
-
-    dist = FactorisedBernoulli(randn(n, k), randn(p, k), randn(p), randn(n, 1), randn(p))
+    dist = FactorisedBernoulli(*_factors(gen, n, p, k))
     x = (torch.rand(n, p, generator=gen) < 0.3).to(torch.float64)
     torch.manual_seed(0)
     dense = dist.log_prob_sum(x, n_sampled=4)
@@ -142,12 +144,9 @@ def test_factorised_bernoulli_sampled_gradients_equal_the_dense_formula():
     """
     gen = torch.Generator().manual_seed(6)
     n, p, k, n_sampled = 5, 40, 3, 8
-
-    def leaf(*size):
-        return torch.randn(*size, generator=gen, dtype=torch.float64).requires_grad_()
-
-    h, w, b, rd = leaf(n, k), leaf(p, k), leaf(p), leaf(p)
-    depth = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    h, w, b, depth, rd = _factors(gen, n, p, k)
+    for leaf in (h, w, b, rd):
+        leaf.requires_grad_()
     x = (torch.rand(n, p, generator=gen) < 0.3).to(torch.float64)
     torch.manual_seed(0)
     got = FactorisedBernoulli(h, w, b, depth, rd).log_prob_sum(x.to_sparse_csr(), n_sampled)
@@ -167,13 +166,7 @@ def test_factorised_bernoulli_sampled_gradients_equal_the_dense_formula():
 
 def test_factorised_bernoulli_columns_are_those_of_the_full_logits():
     """``_columns(cols)`` (the decoding of a subset of peaks) against the full matrix's columns."""
-    gen = torch.Generator().manual_seed(8)
-    n, p, k = 4, 10, 3
-
-    def randn(*size):
-        return torch.randn(*size, generator=gen, dtype=torch.float64)
-
-    dist = FactorisedBernoulli(randn(n, k), randn(p, k), randn(p), randn(n, 1), randn(p))
+    dist = FactorisedBernoulli(*_factors(torch.Generator().manual_seed(8), 4, 10, 3))
     cols = torch.tensor([7, 2, 2, 9])
     full = dist.h @ dist.weight.T + dist.bias + dist.region_depth * dist.depth
     torch.testing.assert_close(dist._columns(cols), full[:, cols])
