@@ -23,7 +23,7 @@ from scgenvae.nn import csr_matmul
 from scgenvae.tl import best_shift, circular_correlation, circular_distance, circular_error
 from scgenvae.tl._circular import TWO_PI, circular_mean, wrap_angle
 
-FAST = settings(max_examples=25, deadline=None)
+FAST = settings(max_examples=25, deadline=None, derandomize=True)
 
 seeds = st.integers(0, 2**31 - 1)
 shapes = st.tuples(st.integers(1, 6), st.integers(1, 12))
