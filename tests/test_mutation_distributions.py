@@ -171,3 +171,43 @@ def test_factorised_bernoulli_columns_are_those_of_the_full_logits():
     full = dist.h @ dist.weight.T + dist.bias + dist.region_depth * dist.depth
     torch.testing.assert_close(dist._columns(cols), full[:, cols])
     torch.testing.assert_close(dist._columns(None), full)
+
+
+def _exact_softplus(logits: torch.Tensor) -> torch.Tensor:
+    return torch.logaddexp(torch.zeros_like(logits), logits)
+
+
+def test_bernoulli_scores_logits_above_twenty_to_float64_precision():
+    """``softplus`` keeps ``log1p(exp(-l))`` above 20 (torch's default threshold drops ~1e-9).
+
+    Every path that sums ``softplus`` is checked: dense, CSR and COO data, and the sampled
+    estimate of :class:`FactorisedBernoulli`.
+    """
+    from scgenvae.distributions import BernoulliLogits
+
+    logits = torch.tensor(
+        [[20.5, 25.0, 30.0, 39.0, -25.0, 0.5], [21.0, 22.0, -21.0, 35.0, 28.0, -0.5]],
+        dtype=torch.float64,
+    )
+    x = torch.tensor([[0, 0, 1, 0, 1, 1], [1, 0, 0, 0, 1, 0]], dtype=torch.float64)
+    expected = (x * logits - _exact_softplus(logits)).sum(-1)
+    for layout in (x, x.to_sparse_csr(), x.to_sparse()):
+        got = BernoulliLogits(logits).log_prob_sum(layout)
+        torch.testing.assert_close(got, expected, rtol=0.0, atol=1e-12)
+    # the sampled estimate: logits = bias (h, loadings and depth terms zero)
+    n, p = logits.shape
+    zeros = torch.zeros
+    for row in range(n):
+        dist = FactorisedBernoulli(
+            zeros(1, 2, dtype=torch.float64),
+            zeros(p, 2, dtype=torch.float64),
+            logits[row],
+            zeros(1, 1, dtype=torch.float64),
+            zeros(p, dtype=torch.float64),
+        )
+        torch.manual_seed(row)
+        got = dist.log_prob_sum(x[row : row + 1].to_sparse_csr(), n_sampled=4)
+        torch.manual_seed(row)
+        sampled = torch.randperm(p)[:4]
+        want = (x[row] * logits[row]).sum() - _exact_softplus(logits[row, sampled]).sum() * p / 4
+        torch.testing.assert_close(got, want.reshape(1), rtol=0.0, atol=1e-12)

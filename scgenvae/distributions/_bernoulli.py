@@ -9,6 +9,16 @@ from torch.distributions import Bernoulli
 from scgenvae.nn._sparse import csr_matmul, csr_matmul_and_rows
 
 
+def _softplus(logits: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(l))`` to float64 precision.
+
+    ``F.softplus`` returns ``l`` itself above its default threshold of 20 and so drops
+    ``log1p(exp(-l))``, up to 2e-9 per entry (found by the property tests against torch's
+    Bernoulli); above 40 what it drops is below 4.3e-18, under float64's resolution at 40.
+    """
+    return F.softplus(logits, threshold=40.0)
+
+
 def _row_index(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows, columns and values of the non-zero entries of a CSR or COO tensor."""
     if x.layout == torch.sparse_csr:
@@ -41,11 +51,11 @@ class BernoulliLogits(Bernoulli):
         """Per-row sum of ``log p(x)`` for a dense or sparse (CSR/COO) binary ``x``."""
         logits = self.logits
         if x.layout == torch.strided:
-            return (x * logits - F.softplus(logits)).sum(-1)
+            return (x * logits - _softplus(logits)).sum(-1)
         rows, cols, vals = _row_index(x)
         pos = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
         pos.index_add_(0, rows, vals.to(logits.dtype) * logits[rows, cols])
-        return pos - F.softplus(logits).sum(-1)
+        return pos - _softplus(logits).sum(-1)
 
 
 def sparse_row_sums(x: torch.Tensor) -> torch.Tensor:
@@ -145,5 +155,5 @@ class FactorisedBernoulli(BernoulliLogits):
             F.linear(self.h, w_sampled, self.bias.index_select(0, sampled))
             + self.region_depth.index_select(0, sampled) * self.depth
         )
-        neg = F.softplus(logits).sum(-1) * (n_peaks / n_sampled)
+        neg = _softplus(logits).sum(-1) * (n_peaks / n_sampled)
         return pos - neg
