@@ -130,11 +130,16 @@ class FactorisedBernoulli(BernoulliLogits):
     def param_shape(self) -> torch.Size:
         return self.batch_shape
 
-    def _columns(self, cols: torch.Tensor | None) -> torch.Tensor:
+    def _columns(
+        self, cols: torch.Tensor | None, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The logits of the peaks ``cols`` (all: ``None``); ``rows``: their loadings, if taken."""
         if cols is None:
             return F.linear(self.h, self.weight, self.bias) + self.region_depth * self.depth
+        if rows is None:
+            rows = self.weight.index_select(0, cols)
         return (
-            F.linear(self.h, self.weight.index_select(0, cols), self.bias.index_select(0, cols))
+            F.linear(self.h, rows, self.bias.index_select(0, cols))
             + self.region_depth.index_select(0, cols) * self.depth
         )
 
@@ -151,9 +156,5 @@ class FactorisedBernoulli(BernoulliLogits):
         w_sum, w_sampled = csr_matmul_and_rows(x, self.weight, sampled)
         b_sum = csr_matmul(x, torch.stack([self.bias, self.region_depth], 1))
         pos = (self.h * w_sum).sum(-1) + b_sum[:, 0] + b_sum[:, 1] * self.depth[:, 0]
-        logits = (
-            F.linear(self.h, w_sampled, self.bias.index_select(0, sampled))
-            + self.region_depth.index_select(0, sampled) * self.depth
-        )
-        neg = _softplus(logits).sum(-1) * (n_peaks / n_sampled)
+        neg = _softplus(self._columns(sampled, w_sampled)).sum(-1) * (n_peaks / n_sampled)
         return pos - neg
