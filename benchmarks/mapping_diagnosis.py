@@ -23,7 +23,17 @@ cell, 100 epochs before the end and at the end: is it still falling?). Variants:
 - ``mask_padded``: frozen, with the padded genes left out of the query's likelihood (their
   logits pushed to -1e4 in the query model's decoder, so the softmax covers the measured
   genes only; experiment, patched in here). For the patched encoder variants the reference's latent is the
-  reference model's (the patch applies to query cells only).
+  reference model's (the patch applies to query cells only);
+- ``ref_prior``: frozen, with the reference cells' aggregate posterior (the mean of their
+  ``q(z|x)``) as the query's prior instead of ``N(0, I)`` (experiment, patched in here);
+- ``mmd30`` / ``mmd100`` / ``mmd300``: frozen, plus that weight times the squared MMD (Gaussian
+  kernels of variance 0.25, 1 and 4) between each minibatch's latent sample and 256 reference
+  latent means drawn at random, added to the query's loss (experiment, patched in here; ``mmd``
+  takes its weight from ``--mmd-weight``).
+
+``--split issue`` runs the issue's split instead (CEL-seq2 reference, HCC827 held out): only to
+report a variant chosen on the reverse split, never to choose one. ``--scenario "all lines"``
+keeps every line in the reference.
 
 Usage::
 
@@ -31,6 +41,7 @@ Usage::
     python benchmarks/mapping_diagnosis.py nopad --no-gene-removal
     python benchmarks/mapping_diagnosis.py base --model-kwargs '{"n_layers": 2, "dropout_rate": 0.2}'
     python benchmarks/mapping_diagnosis.py base --model-kwargs '{"gene_likelihood": "nb"}'
+    python benchmarks/mapping_diagnosis.py base mmd30 mmd100 mmd300 --scenario "all lines"
 """
 
 from __future__ import annotations
@@ -61,7 +72,62 @@ VARIANTS = {
     "in_scale": {"patch": "in_scale"},
     "enc_delta": {"patch": "enc_delta"},
     "mask_padded": {"patch": "mask_padded"},
+    "ref_prior": {"patch": "ref_prior"},
+    "mmd": {"patch": "mmd"},
+    "mmd30": {"patch": "mmd", "weight": 30.0},
+    "mmd100": {"patch": "mmd", "weight": 100.0},
+    "mmd300": {"patch": "mmd", "weight": 300.0},
 }
+
+
+def _mmd(a, b, widths=(0.25, 1.0, 4.0)):
+    """Squared MMD of two point sets with a sum of Gaussian kernels."""
+
+    def k(x, y):
+        d = torch.cdist(x, y).square()
+        return sum(torch.exp(-d / (2 * w)) for w in widths)
+
+    return k(a, a).mean() + k(b, b).mean() - 2 * k(a, b).mean()
+
+
+def _add_mmd(module, bank, weight):
+    loss = module.loss
+
+    def patched(tensors, inference_outputs, generative_outputs, **kw):
+        out = loss(tensors, inference_outputs, generative_outputs, **kw)
+        z = inference_outputs["z"]
+        idx = torch.randint(0, bank.shape[0], (min(256, bank.shape[0]),))
+        term = weight * _mmd(z, bank[idx])
+        out.loss = out.loss + term
+        return out
+
+    module.loss = patched
+
+
+class _ReferencePrior(torch.nn.Module):
+    """The reference cells' aggregate posterior as the query's prior (experiment).
+
+    ``p(z) = mean_i N(z; m_i, s_i^2)`` over the reference cells' posteriors; the query's KL is
+    the one-sample estimate ``log q(z|x) - log p(z)``.
+    """
+
+    n_clusters = None
+
+    def __init__(self, loc, scale):
+        super().__init__()
+        self.register_buffer("loc", torch.as_tensor(loc, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+
+    def infer_cluster(self, qz):
+        return {}
+
+    def log_prob(self, z):
+        comp = torch.distributions.Normal(self.loc, self.scale)
+        lp = comp.log_prob(z.unsqueeze(-2)).sum(-1)
+        return torch.logsumexp(lp, -1) - np.log(self.loc.shape[0])
+
+    def kl(self, qz, z, inference_outputs, tau=None):
+        return {"kl_z": qz.log_prob(z).sum(-1) - self.log_prob(z)}
 
 
 class _DecoderOffset(torch.nn.Module):
@@ -119,18 +185,24 @@ def main(argv=None) -> None:
     parser.add_argument("variants", nargs="+", choices=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-gene-removal", action="store_true")
+    parser.add_argument("--mmd-weight", type=float, default=100.0)
+    parser.add_argument("--split", choices=["reverse", "issue"], default="reverse")
+    parser.add_argument(
+        "--scenario", choices=["held-out line", "all lines"], default="held-out line"
+    )
     parser.add_argument(
         "--model-kwargs", type=json.loads, default={}, help="JSON: the reference's PoissonVAE()"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    bm.HELD_OUT = "H1975"
+    reference = "Drop-seq" if args.split == "reverse" else "CEL-seq2"
+    bm.HELD_OUT = "H1975" if args.split == "reverse" else "HCC827"
     seed = args.seed
-    adata = bm._data("Drop-seq")
-    ref, query = bm._split(adata, "held-out line", seed, reference="Drop-seq")
+    adata = bm._data(reference)
+    ref, query = bm._split(adata, args.scenario, seed, reference=reference)
     if args.no_gene_removal:
-        query = adata[(adata.obs["protocol"] != "Drop-seq").to_numpy()].copy()
+        query = adata[(adata.obs["protocol"] != reference).to_numpy()].copy()
     scgenvae.settings.seed = seed
     PoissonVAE.setup_anndata(ref, batch_key="protocol")
     model = PoissonVAE(ref, **args.model_kwargs)
@@ -140,6 +212,7 @@ def main(argv=None) -> None:
     for name in args.variants:
         kw = dict(VARIANTS[name])
         freeze, patch = kw.pop("freeze", True), kw.pop("patch", None)
+        weight = kw.pop("weight", args.mmd_weight)
         q = PoissonVAE.load_query_data(prepared.copy(), model, freeze=freeze)
         if patch == "offset":
             dec = q.module.decoders["rna"]
@@ -147,6 +220,14 @@ def main(argv=None) -> None:
         elif patch == "mask_padded":
             dec = q.module.decoders["rna"]
             dec.head = _DecoderMask(dec.head, ~ref.var_names.isin(query.var_names))
+        elif patch == "mmd":
+            _add_mmd(q.module, torch.as_tensor(z_ref), weight)
+        elif patch == "ref_prior":
+            locs, scales = [], []
+            for _, inf in model._iter_inference(ref):
+                locs.append(inf["qz"].loc.detach())
+                scales.append(inf["qz"].scale.detach())
+            q.module.prior = _ReferencePrior(torch.cat(locs), torch.cat(scales))
         elif patch is not None:
             net = q.module.encoders["rna"].net
             net.linears[0] = _EncoderInput(net.linears[0], patch)
@@ -159,6 +240,8 @@ def main(argv=None) -> None:
         elbo = q.history["elbo_train"].to_numpy().ravel()
         row = {
             "variant": name,
+            "split": args.split,
+            "scenario": args.scenario,
             "seed": seed,
             **{k: round(v, 4) for k, v in figs.items()},
             "ref. latent change": float(np.abs(z_ref_q - z_ref).max()),
