@@ -24,6 +24,9 @@ cell, 100 epochs before the end and at the end: is it still falling?). Variants:
   logits pushed to -1e4 in the query model's decoder, so the softmax covers the measured
   genes only; experiment, patched in here). For the patched encoder variants the reference's latent is the
   reference model's (the patch applies to query cells only);
+- ``untrained``: ``load_query_data()`` without ``train()``: the query's new batch rows stay
+  at the mean of the reference's rows (with one reference batch: that batch's rows), so the
+  encoder reads the query as the reference's batch;
 - ``ref_prior``: frozen, with the reference cells' aggregate posterior (the mean of their
   ``q(z|x)``) as the query's prior instead of ``N(0, I)`` (experiment, patched in here);
 - ``mmd30`` / ``mmd100`` / ``mmd300``: frozen, plus that weight times the squared MMD (Gaussian
@@ -76,6 +79,7 @@ VARIANTS = {
     "mask_padded": {"patch": "mask_padded"},
     "ref_prior": {"patch": "ref_prior"},
     "mmd": {"patch": "mmd"},
+    "untrained": {"untrained": True},
     "mmd30": {"patch": "mmd", "weight": 30.0},
     "mmd100": {"patch": "mmd", "weight": 100.0},
     "mmd300": {"patch": "mmd", "weight": 300.0},
@@ -220,6 +224,7 @@ def main(argv=None) -> None:
         kw = dict(VARIANTS[name])
         freeze, patch = kw.pop("freeze", True), kw.pop("patch", None)
         weight = kw.pop("weight", args.mmd_weight)
+        untrained = kw.pop("untrained", False)
         q = PoissonVAE.load_query_data(prepared.copy(), model, freeze=freeze)
         if patch == "offset":
             dec = q.module.decoders["rna"]
@@ -239,12 +244,13 @@ def main(argv=None) -> None:
             net = q.module.encoders["rna"].net
             net.linears[0] = _EncoderInput(net.linears[0], patch)
         t0 = time.perf_counter()
-        q.train(seed=seed, enable_progress_bar=False, **kw)
+        if not untrained:
+            q.train(seed=seed, enable_progress_bar=False, **kw)
         seconds = time.perf_counter() - t0
         z_query = q.get_latent_representation(prepared)
         z_ref_q = z_ref if patch in ("in_scale", "enc_delta") else q.get_latent_representation(ref)
         figs = bm._figures(ref, query, z_ref_q, z_query, seed)
-        elbo = q.history["elbo_train"].to_numpy().ravel()
+        elbo = [np.nan] if untrained else q.history["elbo_train"].to_numpy().ravel()
         row = {
             "variant": name,
             "split": args.split,
@@ -253,7 +259,10 @@ def main(argv=None) -> None:
             **{k: round(v, 4) for k, v in figs.items()},
             "ref. latent change": float(np.abs(z_ref_q - z_ref).max()),
             "active dims": active,
-            "query ELBO at -100 / end": [round(float(elbo[-100]), 1), round(float(elbo[-1]), 1)],
+            "query ELBO at -100 / end": [
+                round(float(elbo[-min(100, len(elbo))]), 1),
+                round(float(elbo[-1]), 1),
+            ],
             "train s": round(seconds),
         }
         print(json.dumps(row), flush=True)
