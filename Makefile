@@ -21,8 +21,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# the slower set only (marker `slow`: default training on more seeds, DDP, ...); CI runs it too
 test-slow: $(STAMP)
-	$(PY) -m pytest -q --slow
+	$(PY) -m pytest -q --slow -m slow
 
 # every quality test (marker `quality`) must fail when training is cut to 1 epoch
 # (pytest -m quality --quality-epochs 1; the slow set is skipped); lists any that pass
