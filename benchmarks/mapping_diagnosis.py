@@ -36,7 +36,9 @@ cell, 100 epochs before the end and at the end: is it still falling?). Variants:
 
 ``--split issue`` runs the issue's split instead (CEL-seq2 reference, HCC827 held out): only to
 report a variant chosen on the reverse split, never to choose one. ``--scenario "all lines"``
-keeps every line in the reference. ``--ref-train-kwargs`` passes arguments to the reference's
+keeps every line in the reference. Held-out rows also give ``AUROC fit held-out``: how well
+the query model's own fit (each query cell's negative ELBO per count) flags the held-out line,
+beside the label transfer's uncertainty. ``--ref-train-kwargs`` passes arguments to the reference's
 ``train()`` (e.g. a KL warm-up over all 400 epochs, scvi-tools' default); each row records how
 many latent dimensions the reference uses (variance of its cells' posterior means above 0.01).
 
@@ -60,6 +62,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 import scgenvae
 from scgenvae.model import PoissonVAE
@@ -250,6 +253,12 @@ def main(argv=None) -> None:
         z_query = q.get_latent_representation(prepared)
         z_ref_q = z_ref if patch in ("in_scale", "enc_delta") else q.get_latent_representation(ref)
         figs = bm._figures(ref, query, z_ref_q, z_query, seed)
+        held = (query.obs["cell_line"].astype(str) == bm.HELD_OUT).to_numpy()
+        if held.any() and bm.HELD_OUT not in set(ref.obs["cell_line"]):
+            # the model's own fit as a novelty score: the query cells' negative ELBO per count
+            neg_elbo = -np.asarray(q.get_elbo(prepared, return_mean=False))
+            counts = np.asarray(prepared.X.sum(1)).ravel()
+            figs["AUROC fit held-out"] = float(roc_auc_score(held, neg_elbo / counts))
         elbo = [np.nan] if untrained else q.history["elbo_train"].to_numpy().ravel()
         row = {
             "variant": name,
